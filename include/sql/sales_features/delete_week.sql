@@ -1,0 +1,2 @@
+DELETE FROM {{ params.tables.weekly_demand }}
+WHERE WEEK_START = %(week_start)s::DATE
