@@ -58,6 +58,9 @@ class ForecastModel:
     feature_columns: tuple[str, ...]
     id_columns: tuple[str, ...]
     target: str
+    scale_feature: str | None = None
+    """Feature the estimator's output is multiplied by (plus ``scale_offset``), if any."""
+    scale_offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -146,12 +149,15 @@ def model_fn(model_dir: str) -> ForecastModel:
         type(estimator).__name__,
         len(feature_columns),
     )
+    scale = metadata.get("target_scale") or {}
     return ForecastModel(
         estimator=estimator,
         model_version=metadata["model_version"],
         feature_columns=tuple(feature_columns),
         id_columns=tuple(metadata.get("id_columns", [])),
         target=metadata.get("target", ""),
+        scale_feature=scale.get("feature"),
+        scale_offset=float(scale.get("offset", 0.0)),
     )
 
 
@@ -178,6 +184,17 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     id_columns = metadata.get("id_columns", [])
     if not isinstance(id_columns, list) or not all(isinstance(name, str) for name in id_columns):
         raise ValueError(f"{path} has id_columns {id_columns!r}, expected a list of names")
+    scale = metadata.get("target_scale")
+    if scale is not None and (
+        not isinstance(scale, dict)
+        or scale.get("feature") not in columns
+        or isinstance(scale.get("offset", 0.0), bool)
+        or not isinstance(scale.get("offset", 0.0), int | float)
+    ):
+        raise ValueError(
+            f"{path} has target_scale {scale!r}, expected an object with 'feature' (one of the "
+            "feature columns) and a numeric 'offset'"
+        )
     return metadata
 
 
@@ -256,9 +273,23 @@ def predict_fn(data: JsonRecords | CsvRows, model: ForecastModel) -> Forecasts:
     :raises RequestError: if a record lacks a feature or has a non-numeric value.
     :raises RuntimeError: if the estimator returns the wrong number of values or a non-finite one.
     """
+    features, ids = build_feature_matrix(data, model)
+    values = forecast_matrix(model, features)
+    return Forecasts([float(value) for value in values], ids, model.model_version)
+
+
+def forecast_matrix(model: ForecastModel, features: Any) -> Any:
+    """Return the forecasts in units for a float64 matrix in ``feature_columns`` order.
+
+    The training code calls this too, so evaluation and serving compute
+    forecasts the same way. With ``target_scale`` in the metadata the estimator
+    predicts demand relative to a feature, and the result is multiplied back.
+
+    :raises RequestError: if a row lacks the scale feature.
+    :raises RuntimeError: if the estimator returns the wrong number of values or a non-finite one.
+    """
     import numpy as np
 
-    features, ids = build_feature_matrix(data, model)
     raw = np.asarray(model.estimator.predict(features), dtype=np.float64).reshape(-1)
     if raw.shape[0] != features.shape[0]:
         raise RuntimeError(
@@ -271,7 +302,16 @@ def predict_fn(data: JsonRecords | CsvRows, model: ForecastModel) -> Forecasts:
             f"{not_finite[:10].tolist()}; check the model for NaN handling"
         )
     values = np.clip(raw, 0.0, None)
-    return Forecasts([float(value) for value in values], ids, model.model_version)
+    if model.scale_feature is not None:
+        scale = features[:, model.feature_columns.index(model.scale_feature)] + model.scale_offset
+        missing = np.flatnonzero(np.isnan(scale))
+        if missing.size:
+            raise RequestError(
+                f"rows {missing[:10].tolist()} have no value for {model.scale_feature!r}, which the "
+                f"forecast of model {model.model_version} is scaled by; send a number"
+            )
+        values = values * np.clip(scale, 0.0, None)
+    return values
 
 
 def build_feature_matrix(

@@ -54,7 +54,9 @@ def lifecycle_assets(config: LifecycleConfig) -> LifecycleAssets:
         ),
         demand_model_approved=Asset(
             name="demand_model_approved",
-            uri=f"s3://{aws.artifact_bucket}/models/{aws.model_package_group}",
+            # Not an s3:// URI: the amazon provider's URI handler would import
+            # boto3 into every DAG parse.
+            uri=f"sagemaker://{aws.region}/model-package-group/{aws.model_package_group}",
         ),
         demand_endpoint_live=Asset(
             name="demand_endpoint_live",

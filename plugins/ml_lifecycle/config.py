@@ -122,6 +122,8 @@ class AwsConfig(_Section):
     initial_instance_count: int = Field(default=1, ge=1)
     cloudwatch_namespace: str = "MLLifecycle/DemandForecast"
     alert_topic_arn: str
+    deploy_check_interval_s: int = Field(default=30, ge=1)
+    deploy_timeout_s: int = Field(default=3600, ge=60)
 
 
 class LoadCheckConfig(_Section):

@@ -174,7 +174,10 @@ def resolve_window(
     if logical_date is not None:
         weeks = requested_weeks or 1
         if requested_weeks is None and data_interval is not None and data_interval[1] == logical_date:
-            weeks = max(1, round((data_interval[1] - data_interval[0]) / WEEK))
+            # Seconds, because pendulum intervals cannot be divided by a timedelta.
+            weeks = max(
+                1, round((data_interval[1] - data_interval[0]).total_seconds() / WEEK.total_seconds())
+            )
         return window_ending(logical_date, weeks, timezone, source="logical date")
 
     if run_after is not None:

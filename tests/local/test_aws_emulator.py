@@ -656,6 +656,53 @@ class TestOtherServices:
         assert models
 
 
+class TestModelRegistry:
+    def register(self, emulator: Emulator, group: str) -> str:
+        emulator.sagemaker.create_model_package_group(ModelPackageGroupName=group)
+        return str(
+            emulator.sagemaker.create_model_package(
+                ModelPackageGroupName=group,
+                ModelApprovalStatus="Rejected",
+                InferenceSpecification={
+                    "Containers": [{"Image": "demand-forecast-serving:test", "ModelDataUrl": "s3://b/k"}],
+                    "SupportedContentTypes": ["application/json"],
+                    "SupportedResponseMIMETypes": ["application/json"],
+                },
+                CustomerMetadataProperties={"training_key": "20111205-w13-default", "holdout_wape": "0.41"},
+            )["ModelPackageArn"]
+        )
+
+    def test_approval_keeps_metadata_properties(self, emulator: Emulator) -> None:
+        arn = self.register(emulator, f"approval-{uuid.uuid4().hex[:6]}")
+
+        emulator.sagemaker.update_model_package(
+            ModelPackageArn=arn, ModelApprovalStatus="Approved", ApprovalDescription="reviewed"
+        )
+        package = emulator.sagemaker.describe_model_package(ModelPackageName=arn)
+
+        assert package["ModelApprovalStatus"] == "Approved"
+        assert package["CustomerMetadataProperties"] == {
+            "training_key": "20111205-w13-default",
+            "holdout_wape": "0.41",
+        }
+
+    def test_property_update_keeps_status_and_merges(self, emulator: Emulator) -> None:
+        arn = self.register(emulator, f"properties-{uuid.uuid4().hex[:6]}")
+
+        emulator.sagemaker.update_model_package(
+            ModelPackageArn=arn,
+            CustomerMetadataProperties={"reason": "drift"},
+            CustomerMetadataPropertiesToRemove=["holdout_wape"],
+        )
+        package = emulator.sagemaker.describe_model_package(ModelPackageName=arn)
+
+        assert package["ModelApprovalStatus"] == "Rejected"
+        assert package["CustomerMetadataProperties"] == {
+            "training_key": "20111205-w13-default",
+            "reason": "drift",
+        }
+
+
 class TestDeleteEndpoint:
     def test_delete_stops_servers(self, emulator: Emulator, first_model_url: str) -> None:
         from botocore.exceptions import ClientError

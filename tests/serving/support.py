@@ -151,5 +151,15 @@ class RunningServer:
     def log_text(self) -> str:
         return self.service.log_path.read_text(encoding="utf-8", errors="replace")
 
+    def wait_for_log(self, text: str, timeout_s: float = 5.0) -> str:
+        """Return the log once it contains ``text``; the server writes a request's line after responding."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            log_text = self.log_text()
+            if text in log_text:
+                return log_text
+            time.sleep(0.05)
+        return self.log_text()
+
 
 ServerFactory = Callable[..., RunningServer]

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from .support import (
     FEATURE_COLUMNS,
     expected_forecasts,
+    fit_boosting_model,
     fit_linear_model,
     import_serving_module,
     write_model_dir,
@@ -284,3 +285,54 @@ class TestOutputFn:
 
         assert content_type == "text/csv"
         assert [float(line) for line in body.decode().splitlines()] == values
+
+
+SCALE_METADATA: dict[str, Any] = {"target_scale": {"feature": "ROLLING_MEAN_4", "offset": 1.0}}
+
+
+class TestTargetScale:
+    """Models that predict demand relative to a feature, as the training code produces them."""
+
+    def test_forecast_multiplied_by_scale_feature(self, tmp_path: Path) -> None:
+        estimator = fit_linear_model()
+        scaled = inference.model_fn(str(write_model_dir(tmp_path, estimator, metadata=SCALE_METADATA)))
+        rows = [[1.0, 0.0, 3.0], [5.0, 1.0, 0.0]]
+
+        forecasts = predict_csv("\n".join(",".join(str(v) for v in row) for row in rows), scaled)
+
+        raw = expected_forecasts(estimator, rows)
+        assert forecasts.values == pytest.approx([raw[0] * 4.0, raw[1] * 1.0])
+
+    def test_forecast_matrix_matches_predict_fn(self, tmp_path: Path) -> None:
+        scaled = inference.model_fn(
+            str(write_model_dir(tmp_path, fit_linear_model(), metadata=SCALE_METADATA))
+        )
+        rows = [[2.0, 1.0, 7.0], [0.5, 9.0, 2.0]]
+
+        direct = inference.forecast_matrix(scaled, np.array(rows))
+
+        assert predict_csv("\n".join(",".join(str(v) for v in row) for row in rows), scaled).values == (
+            pytest.approx(direct.tolist())
+        )
+
+    def test_missing_scale_value_rejected(self, tmp_path: Path) -> None:
+        scaled = inference.model_fn(
+            str(write_model_dir(tmp_path, fit_boosting_model(), metadata=SCALE_METADATA))
+        )
+
+        with pytest.raises(inference.RequestError, match="ROLLING_MEAN_4"):
+            predict_csv("1,2,", scaled)
+
+    @pytest.mark.parametrize(
+        "scale",
+        [
+            {"feature": "NOT_A_FEATURE", "offset": 1.0},
+            {"feature": "LAG_1", "offset": "one"},
+            "ROLLING_MEAN_4",
+        ],
+    )
+    def test_invalid_scale_metadata_rejected(self, tmp_path: Path, scale: Any) -> None:
+        write_model_dir(tmp_path, fit_linear_model(), metadata={"target_scale": scale})
+
+        with pytest.raises(ValueError, match="target_scale"):
+            inference.model_fn(str(tmp_path))

@@ -179,8 +179,9 @@ class TestErrors:
         message = response.json()["error"]
         assert "record 2" in message
         assert "'LAG_2'" in message
-        assert "POST /invocations 400 rows=-" in linear_server.log_text()
-        assert message in linear_server.log_text()
+        log_text = linear_server.wait_for_log("POST /invocations 400 rows=-")
+        assert "POST /invocations 400 rows=-" in log_text
+        assert message in log_text
 
     def test_non_numeric_400_names_key_index_value(self, linear_server: RunningServer) -> None:
         body = records(ROWS)
@@ -276,7 +277,7 @@ class TestErrors:
 
         linear_server.invoke(json.dumps(body))
 
-        log_text = linear_server.log_text()
+        log_text = linear_server.wait_for_log("POST /invocations 200 rows=1")
         assert "POST /invocations 200 rows=1" in log_text
         assert marker not in log_text
 

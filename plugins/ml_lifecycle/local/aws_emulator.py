@@ -1016,6 +1016,7 @@ class HostingMiddleware:
             "UpdateEndpoint": self._update_endpoint,
             "DeleteEndpoint": self._delete_endpoint,
             "UpdateEndpointWeightsAndCapacities": self._update_weights,
+            "UpdateModelPackage": self._update_model_package,
         }
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -1081,6 +1082,32 @@ class HostingMiddleware:
         response = call_app(self.app, environ)
         if response.status == 200:
             self.hosting.finish_weights_update(context.account_id, context.region, name, before)
+        return response
+
+    def _update_model_package(self, environ: dict[str, Any], context: RequestContext) -> Response:
+        """Pass UpdateModelPackage to moto, keeping the metadata properties the request leaves out.
+
+        SageMaker adds the request's CustomerMetadataProperties to the existing
+        ones, removes only those named in CustomerMetadataPropertiesToRemove and
+        keeps the approval status unless the request sets one; moto 5.2.5
+        replaces the properties and the status with what the request holds.
+        """
+        request = context.json()
+        backend = self.hosting.backend(context.account_id, context.region)
+        arn = request.get("ModelPackageArn", "")
+        name = backend.model_package_name_mapping.get(arn, arn)
+        package = backend.model_packages.get(name)
+        kept = dict(getattr(package, "customer_metadata_properties", None) or {}) if package else {}
+        kept_status = getattr(package, "model_approval_status", None)
+        response = call_app(self.app, environ)
+        if response.status == 200 and package is not None:
+            merged = {**kept, **(request.get("CustomerMetadataProperties") or {})}
+            for key in request.get("CustomerMetadataPropertiesToRemove") or []:
+                merged.pop(key, None)
+            package.customer_metadata_properties = merged
+            # moto also clears the approval status when the request leaves it out.
+            if "ModelApprovalStatus" not in request:
+                package.model_approval_status = kept_status
         return response
 
     def _invoke_endpoint(self, environ: dict[str, Any], context: RequestContext, name: str) -> Response:
@@ -1156,7 +1183,13 @@ class HostingMiddleware:
 
 
 def serve(
-    state_dir: Path, serving_dir: Path, ready_file: Path, port: int = 0, seed: int | None = None
+    state_dir: Path,
+    serving_dir: Path,
+    ready_file: Path,
+    *,
+    port: int = 0,
+    seed: int | None = None,
+    host: str = "127.0.0.1",
 ) -> None:
     """Run the emulator until SIGTERM, then stop every model server it started."""
     from moto.moto_server.werkzeug_app import (
@@ -1177,11 +1210,11 @@ def serve(
     atexit.register(hosting.close)
     app = HostingMiddleware(DomainDispatcherApplication(create_backend_app), hosting)
 
-    sock = bind_loopback_socket(port)
+    sock = bind_loopback_socket(port, host)
     sock.listen(128)
     actual_port = int(sock.getsockname()[1])
     server = make_server(
-        "127.0.0.1", actual_port, app, threaded=True, request_handler=MotoRequestHandler, fd=sock.fileno()
+        host, actual_port, app, threaded=True, request_handler=MotoRequestHandler, fd=sock.fileno()
     )
     try:
         endpoint_url = f"http://127.0.0.1:{actual_port}"
@@ -1210,7 +1243,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ready-file", type=Path, required=True, help="JSON file written once the server listens"
     )
-    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1; 0 picks a free one")
+    parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 only inside a container"
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of the weighted choice of variants")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -1218,7 +1254,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     install_sigterm_handler()
     try:
-        serve(args.state_dir, args.serving_dir, args.ready_file, args.port, args.seed)
+        serve(
+            args.state_dir, args.serving_dir, args.ready_file, port=args.port, seed=args.seed, host=args.host
+        )
     except KeyboardInterrupt:
         log.info("AWS emulator stopped")
 

@@ -42,11 +42,18 @@ def write_ready_file(path: str | Path, info: Mapping[str, Any]) -> None:
     temporary.replace(target)
 
 
-def bind_loopback_socket(port: int = 0) -> socket.socket:
-    """Return a listening-ready TCP socket bound to 127.0.0.1 (``port`` 0 picks a free one)."""
+LOOPBACK = "127.0.0.1"
+
+
+def bind_loopback_socket(port: int = 0, host: str = LOOPBACK) -> socket.socket:
+    """Return a listening-ready TCP socket bound to 127.0.0.1 (``port`` 0 picks a free one).
+
+    ``host`` is for containers only, where a service must accept connections
+    from the other containers; local runs keep the loopback default.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
+    sock.bind((host, port))
     return sock
 
 

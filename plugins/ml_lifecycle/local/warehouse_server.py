@@ -18,7 +18,7 @@ from ml_lifecycle.local.process import bind_loopback_socket, install_sigterm_han
 log = logging.getLogger("ml_lifecycle.warehouse_server")
 
 
-def serve(data_dir: Path, ready_file: Path, port: int = 0) -> None:
+def serve(data_dir: Path, ready_file: Path, port: int = 0, host: str = "127.0.0.1") -> None:
     """Run the emulator until SIGTERM; databases live as DuckDB files in ``data_dir``."""
     data_dir.mkdir(parents=True, exist_ok=True)
     stage_dir = data_dir / "stages"
@@ -44,7 +44,7 @@ def serve(data_dir: Path, ready_file: Path, port: int = 0) -> None:
     # by files serves all sessions instead; clients must not send that parameter.
     fakesnow_server.shared_fs = FakeSnow(db_path=data_dir)  # type: ignore[attr-defined]
 
-    sock = bind_loopback_socket(port)
+    sock = bind_loopback_socket(port, host)
     actual_port = sock.getsockname()[1]
     config = uvicorn.Config(fakesnow_server.app, log_level="warning", timeout_keep_alive=30)
     server = uvicorn.Server(config)
@@ -71,12 +71,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ready-file", type=Path, required=True, help="JSON file written once the server listens"
     )
-    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1; 0 picks a free one")
+    parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 only inside a container"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_sigterm_handler()
     try:
-        serve(args.data_dir, args.ready_file, args.port)
+        serve(args.data_dir, args.ready_file, args.port, args.host)
     except KeyboardInterrupt:
         log.info("Warehouse emulator stopped")
 

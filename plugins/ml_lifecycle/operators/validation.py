@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ml_lifecycle.exceptions import ConfigError, ValidationFailed
-from ml_lifecycle.hooks.warehouse import WarehouseHook, render_sql_file, sql_params
+from ml_lifecycle.hooks.warehouse import WarehouseHook, render_sql_file, split_statements, sql_params
 from ml_lifecycle.operators.base import LifecycleOperator
 
 if TYPE_CHECKING:
@@ -52,8 +52,7 @@ def summarize_results(result: Any) -> dict[str, Any]:
     for item in result.results:
         config = item.expectation_config
         details = item.result or {}
-        exception = item.exception_info or {}
-        raised = bool(exception.get("raised_exception"))
+        error = _raised_exception_message(item.exception_info or {})
         expectations.append(
             {
                 "expectation": config.type,
@@ -63,7 +62,7 @@ def summarize_results(result: Any) -> dict[str, Any]:
                 "unexpected_percent": details.get("unexpected_percent"),
                 "observed_value": details.get("observed_value"),
                 "sample_unexpected": (details.get("partial_unexpected_list") or [])[:5],
-                "error": exception.get("exception_message") if raised else None,
+                "error": error,
             }
         )
     statistics = result.statistics
@@ -74,6 +73,20 @@ def summarize_results(result: Any) -> dict[str, Any]:
         "unsuccessful_expectations": int(statistics["unsuccessful_expectations"]),
         "expectations": expectations,
     }
+
+
+def _raised_exception_message(exception_info: Mapping[str, Any]) -> str | None:
+    """Return the message of an exception GX caught while computing an expectation, if any.
+
+    GX reports it either flat (``raised_exception``, ``exception_message``) or
+    keyed by the metric that failed, with the same fields inside.
+    """
+    if exception_info.get("raised_exception"):
+        return str(exception_info.get("exception_message"))
+    for value in exception_info.values():
+        if isinstance(value, Mapping) and value.get("raised_exception"):
+            return str(value.get("exception_message"))
+    return None
 
 
 def describe_failures(summary: Mapping[str, Any]) -> str:
@@ -130,8 +143,12 @@ class GreatExpectationsSqlOperator(LifecycleOperator):
         failure_mode = suite_definition.get("meta", {}).get("on_failure", "fail")
         warehouse = WarehouseHook(snowflake_conn_id=self.snowflake_conn_id or config.warehouse.conn_id)
 
-        query = render_sql_file(
-            f"{SQL_DIR}/window_lines.sql", sql_params(config, window=_window_literals(window))
+        # GX 1.24 accepts a query asset only if its text starts with SELECT, so
+        # the file's comment lines are dropped.
+        (query,) = split_statements(
+            render_sql_file(
+                f"{SQL_DIR}/window_lines.sql", sql_params(config, window=_window_literals(window))
+            )
         )
         result = self.run_suite(warehouse, suite_definition, query, {"min_rows": config.validation.min_rows})
         summary = summarize_results(result)
