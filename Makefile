@@ -15,6 +15,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@# The Compose Specification schema ships inside this wheel; the tests read
+	@# it from there instead of installing the retired docker-compose 1.x.
+	$(BIN)/python -m pip download --quiet --no-deps --dest $(VENV)/share/compose-schema docker-compose==1.29.2
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -89,17 +89,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     bootstrap.set_defaults(handler=_bootstrap)
 
+    # The replay command parses its own arguments, including --help.
     replay = commands.add_parser(
         "replay", help="produce a sales CSV to Kafka (see 'replay --help')", add_help=False
     )
-    replay.add_argument("replay_args", nargs=argparse.REMAINDER)
     replay.set_defaults(handler=_replay)
 
     demo = commands.add_parser("demo", help="run the whole lifecycle on the real data and print a summary")
     demo.add_argument("--data", type=Path, help="sales CSV to replay (default: the UCI Online Retail file)")
     demo.set_defaults(handler=_demo)
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "replay":
+        args.replay_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args.handler(args))
 

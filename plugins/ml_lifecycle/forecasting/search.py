@@ -15,6 +15,7 @@ from sklearn.pipeline import Pipeline
 
 from ml_lifecycle.exceptions import ConfigError, NotEnoughData
 from ml_lifecycle.forecasting.dataset import WeeklyDataset
+from ml_lifecycle.forecasting.scoring import ScaledWapeScorer
 
 PRESETS = ("fast", "default", "thorough")
 TIME_ORDERED_SPLITS = ("rolling_origin",)
@@ -116,25 +117,6 @@ def time_ordered_cv(
             f"after the validation week, which leaks the future; use one of {', '.join(TIME_ORDERED_SPLITS)}"
         )
     return rolling_origin_splits(weeks, n_folds)
-
-
-class ScaledWapeScorer:
-    """Score a model that predicts scaled demand by its WAPE in units (negated, higher is better).
-
-    :param scale_index: column of the input matrix holding the scale feature.
-    :param scale_offset: added to that column to get the factor.
-    """
-
-    def __init__(self, scale_index: int, scale_offset: float) -> None:
-        self.scale_index = scale_index
-        self.scale_offset = scale_offset
-
-    def __call__(self, estimator: Any, features: np.ndarray, scaled_target: np.ndarray) -> float:
-        scale = features[:, self.scale_index] + self.scale_offset
-        actual = scaled_target * scale
-        forecast = np.clip(estimator.predict(features), 0, None) * scale
-        total = np.abs(actual).sum()
-        return -float(np.abs(actual - forecast).sum() / total) if total > 0 else 0.0
 
 
 @dataclass(frozen=True)

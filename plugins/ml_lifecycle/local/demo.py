@@ -253,7 +253,7 @@ def format_table(summary: dict[str, Any]) -> str:
                 rows.extend(flatten(f"{prefix}.{key}" if prefix else key, item))
             return rows
         if isinstance(value, float):
-            return [(prefix, f"{value:.4f}")]
+            return [(prefix, f"{value:.1f}" if prefix == "seconds" else f"{value:.4f}")]
         if isinstance(value, int) and not isinstance(value, bool):
             return [(prefix, f"{value:,}")]
         if isinstance(value, list | dict):

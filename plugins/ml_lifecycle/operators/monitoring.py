@@ -122,7 +122,11 @@ class ForecastDriftMonitorOperator(LifecycleOperator):
 
         monitoring = config.monitoring
         report = assess_drift(
-            {name: FeatureBaseline(**values) for name, values in baseline["features"].items()},
+            {
+                name: FeatureBaseline(**values)
+                for name, values in baseline["features"].items()
+                if name not in monitoring.exclude_features
+            },
             recent,
             psi_threshold=monitoring.psi_threshold,
             min_drifted_features=monitoring.min_drifted_features,
