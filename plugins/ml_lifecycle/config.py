@@ -186,8 +186,8 @@ class MonitoringConfig(_Section):
     psi_threshold: float = Field(default=0.25, gt=0)
     min_drifted_features: int = Field(default=3, ge=1)
     wape_ratio_threshold: float = Field(default=1.5, gt=1.0)
-    # Calendar features change by construction from week to week, so their
-    # PSI says nothing about drift; they are left out of the data drift check.
+    # Calendar features change by construction from week to week, so their PSI
+    # is no evidence of drift. The data drift check leaves them out.
     exclude_features: tuple[str, ...] = ("WEEK_OF_YEAR", "MONTH", "WEEKS_TO_CHRISTMAS", "BANK_HOLIDAYS")
 
 

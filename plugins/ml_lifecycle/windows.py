@@ -152,8 +152,8 @@ def resolve_window(
     :param params: run parameters; ``window_end`` (a date) and ``weeks`` (an int) are read.
     :param event_extras: ``extra`` of each asset event that triggered the run.
     :param logical_date: the run's logical date, ``None`` for asset-triggered runs.
-    :param data_interval: the run's data interval; used only to count weeks when
-        it ends at the logical date, as it does for scheduled and backfill runs.
+    :param data_interval: the run's data interval. It only counts the weeks, and
+        only when it ends at the logical date, as for scheduled and backfill runs.
     :param run_after: when the run was queued for; the fallback for runs without a logical date.
     :raises WindowError: if nothing gives a window or a parameter is invalid.
     """

@@ -11,7 +11,6 @@ import csv
 import gzip
 import os
 import re
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,29 +71,11 @@ def services(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path) -> Iter
         stack.stop()
 
 
-def wait_for_sink(stack: LocalStack, expected: int, timeout_s: float = SINK_TIMEOUT_S) -> dict[str, int]:
-    """Wait until the sink has consumed ``expected`` messages and return its totals."""
-    import json
-
-    status_file = stack.layout.run / "sink-status.json"
-    deadline = time.monotonic() + timeout_s
-    totals: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        if status_file.exists():
-            totals = json.loads(status_file.read_text(encoding="utf-8"))
-            if totals.get("messages", 0) >= expected:
-                return totals
-        time.sleep(0.5)
-    raise AssertionError(
-        f"the sink consumed {totals.get('messages', 0)} of {expected} messages in {timeout_s:.0f} s"
-    )
-
-
 @pytest.fixture(scope="module")
 def replayed(services: LocalStack, retail_slice: tuple[Path, int]) -> dict[str, int]:
     """Replay the slice through Kafka and wait until the sink has landed it."""
     path, lines = retail_slice
     summary = replay_file(path, producer_config("kafka_default"), services.config.kafka.topic)
     assert summary.events_produced == lines
-    totals = wait_for_sink(services, lines)
+    totals = services.wait_for_sink(lines, SINK_TIMEOUT_S)
     return {"produced": summary.events_produced, **totals}

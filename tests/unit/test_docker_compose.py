@@ -43,9 +43,9 @@ def validator() -> Any:
     return jsonschema.Draft202012Validator(schema)
 
 
-def resolve_variables(text: str) -> str:
-    """Replace ``${NAME:-default}`` with its default, as Compose does when NAME is unset."""
-    return VARIABLE.sub(lambda match: match["default"] or "", text)
+def resolve_variables(text: str, values: dict[str, str]) -> str:
+    """Replace ``${NAME:-default}`` with ``values[NAME]``, or with its default as Compose does when unset."""
+    return VARIABLE.sub(lambda match: values.get(match["name"]) or match["default"] or "", text)
 
 
 def test_file_matches_compose_specification(compose: dict[str, Any], validator: Any) -> None:
@@ -69,10 +69,14 @@ def test_depends_on_names_existing_services(compose: dict[str, Any]) -> None:
 
 
 def test_named_volumes_are_declared_and_bind_mounts_exist(compose: dict[str, Any]) -> None:
+    from ml_lifecycle.local.replay import default_retail_csv
+
+    # The retail data lies beside the checkout, or wherever RETAIL_DATA_DIR points.
+    values = {"RETAIL_DATA_DIR": str(default_retail_csv().parent)}
     declared = set(compose.get("volumes", {}))
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
-            source = resolve_variables(volume).split(":", 1)[0]
+            source = resolve_variables(volume, values).split(":", 1)[0]
             if source.startswith((".", "/")):
                 assert (PROJECT_ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
             else:

@@ -32,7 +32,7 @@ class LiveModel:
 
 
 def is_not_found(error: ClientError) -> bool:
-    """Tell whether a SageMaker error says the named resource does not exist."""
+    """Tell whether a SageMaker error reports that the named resource does not exist."""
     message = str(error.response.get("Error", {}).get("Message", ""))
     return "Could not find" in message or "not found" in message.lower()
 

@@ -1,6 +1,6 @@
 """Model archives in the SageMaker scikit-learn layout, and forecasts computed as the endpoint does.
 
-``model.tar.gz`` holds ``model.joblib`` (the fitted estimator),
+``model.tar.gz`` contains ``model.joblib`` (the fitted estimator),
 ``metadata.json`` (version, feature columns, target scaling) and
 ``code/inference.py`` (the request handlers of include/serving). Forecasts
 made here for evaluation go through the same ``forecast_matrix`` handler

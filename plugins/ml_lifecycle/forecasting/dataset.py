@@ -117,12 +117,13 @@ def dataset_from_rows(
         features=features,
         target=np.array([float(row[TARGET_COLUMN]) for row in usable], dtype=np.float64),
         stock_codes=np.array([str(row["STOCK_CODE"]) for row in usable], dtype=object),
-        weeks=np.array([_as_date(row["WEEK_START"]) for row in usable], dtype=object),
+        weeks=np.array([as_date(row["WEEK_START"]) for row in usable], dtype=object),
         feature_columns=tuple(feature_columns),
     )
 
 
-def _as_date(value: Any) -> dt.date:
+def as_date(value: Any) -> dt.date:
+    """Return a date from a date, a datetime or an ISO 8601 string, as warehouse rows carry them."""
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):

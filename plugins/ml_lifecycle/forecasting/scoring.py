@@ -1,8 +1,9 @@
 """The cross-validation scorer, in a module that imports only numpy.
 
 GridSearchCV sends the scorer to its worker processes, which import this
-module to unpickle it; keeping Airflow and the rest of the package out of its
-imports keeps that cheap and independent of the Airflow environment.
+module to unpickle it. Inside an Airflow task, a worker that also had to
+import Airflow failed to unpickle the scorer, so this module imports nothing
+of Airflow or of the rest of the package.
 """
 
 from __future__ import annotations

@@ -181,7 +181,14 @@ def run_grid_search(
         error_score="raise",
     )
     started = time.perf_counter()
-    # Weighting each row by its scale makes the fit minimise error in units,
-    # which is what WAPE measures, while the target stays scale-free.
-    search.fit(train.features, train.target / scale, model__sample_weight=scale)
+    try:
+        # Weighting each row by its scale makes the fit minimise error in units,
+        # which is what WAPE measures, while the target stays scale-free.
+        search.fit(train.features, train.target / scale, model__sample_weight=scale)
+    finally:
+        # joblib keeps its worker processes for reuse after the search. In an
+        # Airflow task they would outlive the task, so they are stopped here.
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True)
     return SearchResult(search=search, seconds=time.perf_counter() - started)

@@ -1088,9 +1088,10 @@ class HostingMiddleware:
         """Pass UpdateModelPackage to moto, keeping the metadata properties the request leaves out.
 
         SageMaker adds the request's CustomerMetadataProperties to the existing
-        ones, removes only those named in CustomerMetadataPropertiesToRemove and
-        keeps the approval status unless the request sets one; moto 5.2.5
-        replaces the properties and the status with what the request holds.
+        ones and removes only those named in CustomerMetadataPropertiesToRemove.
+        It keeps the approval status unless the request sets one. moto 5.2.5
+        replaces both with what the request contains, so an approval would
+        erase the metadata.
         """
         request = context.json()
         backend = self.hosting.backend(context.account_id, context.region)

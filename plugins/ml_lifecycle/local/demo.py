@@ -38,23 +38,6 @@ CHAIN_TIMEOUT_S = 900.0
 SINK_TIMEOUT_S = 300.0
 
 
-def wait_for_sink(stack: LocalStack, expected: int, timeout_s: float = SINK_TIMEOUT_S) -> dict[str, Any]:
-    """Wait until the sink reports ``expected`` consumed messages; return its totals."""
-    status_file = stack.layout.run / "sink-status.json"
-    deadline = time.monotonic() + timeout_s
-    totals: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        if status_file.exists():
-            totals = json.loads(status_file.read_text(encoding="utf-8"))
-            if totals.get("messages", 0) >= expected:
-                return totals
-        time.sleep(1)
-    raise TimeoutError(
-        f"the sink consumed {totals.get('messages', 0):,} of {expected:,} events in {timeout_s:.0f} s; "
-        f"see {stack.layout.logs / 'sink.log'}"
-    )
-
-
 def dag_runs_since(client: AirflowClient, started: str) -> dict[str, list[dict[str, Any]]]:
     """Return the runs of each lifecycle DAG queued at or after ``started``, oldest first."""
     runs = {}
@@ -150,7 +133,11 @@ def collect_summary(stack: LocalStack, client: AirflowClient, started: str, repl
         if (value := xcom_value(client, "forecast_training", run["dag_run_id"], "train_and_register_model"))
     ]
     registered = [training for training in trainings if training.get("newly_registered")]
-    model = registered[-1] if registered else (trainings[-1] if trainings else {})
+    model: dict[str, Any] = {}
+    if registered:
+        model = registered[-1]
+    elif trainings:
+        model = trainings[-1]
     drift = latest_value(client, runs, "forecast_monitoring", "check_drift") or {}
 
     aws = json.loads(stack.connection_env()["AIRFLOW_CONN_AWS_DEFAULT"])
@@ -282,7 +269,7 @@ def run_demo(root: Path, data_file: Path | None = None) -> int:
         source = data_file or default_retail_csv()
         replay = replay_file(source, producer_config(stack.config.kafka.conn_id), stack.config.kafka.topic)
         log.info("Replayed %d events from %s", replay.events_produced, source)
-        totals = wait_for_sink(stack, replay.events_produced)
+        totals = stack.wait_for_sink(replay.events_produced, SINK_TIMEOUT_S)
         log.info("Sink landed %s and quarantined %s events", totals.get("landed"), totals.get("quarantined"))
 
         for chain in CHAINS:

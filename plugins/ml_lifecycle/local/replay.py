@@ -72,9 +72,41 @@ class CsvFormatError(ValueError):
 
 
 def default_retail_csv() -> Path:
-    """Return the sales CSV named by ``ML_LIFECYCLE_RETAIL_CSV``, or the copy beside the project."""
+    """Return the sales CSV to replay by default.
+
+    In order: the file named by ``ML_LIFECYCLE_RETAIL_CSV``; the copy beside
+    the project; for a checkout cloned from a local directory, the copy beside
+    that directory. The first candidate is returned when none exists, so the
+    caller's error names the expected place.
+    """
     value = os.environ.get(RETAIL_CSV_ENV)
-    return Path(value) if value else _RETAIL_CSV_BESIDE_PROJECT
+    if value:
+        return Path(value)
+    candidates = [_RETAIL_CSV_BESIDE_PROJECT]
+    origin = _local_clone_origin(PROJECT_ROOT)
+    if origin is not None:
+        candidates.append(origin.parent / _RETAIL_CSV_BESIDE_PROJECT.relative_to(PROJECT_ROOT.parent))
+    return next((candidate for candidate in candidates if candidate.is_file()), candidates[0])
+
+
+def _local_clone_origin(project_root: Path) -> Path | None:
+    """Return the directory this checkout was cloned from, if its origin is a local path."""
+    import configparser
+
+    git_config = project_root / ".git" / "config"
+    if not git_config.is_file():
+        return None
+    parser = configparser.ConfigParser(strict=False)
+    try:
+        parser.read(git_config, encoding="utf-8")
+        url = parser.get('remote "origin"', "url", fallback="")
+    except configparser.Error:
+        return None
+    url = url.removeprefix("file://")
+    if not url.startswith("/"):
+        return None
+    origin = Path(url)
+    return origin if origin.is_dir() else None
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """The local stack: warehouse emulator, Kafka broker, AWS emulator, sink and Airflow, on loopback.
 
-``LocalStack(root).start()`` starts every service on 127.0.0.1 and free ports,
-keeps its state under ``root`` (``.local/`` by default), writes
-``root/env`` with the variables that point Airflow and its connections at
-the services, and records every process group in ``root/stack.json`` so that
+``LocalStack(root).start()`` starts every service on 127.0.0.1 and free ports
+and keeps its state under ``root`` (``.local/`` by default). It writes
+``root/env`` with the variables that point Airflow and its connections at the
+services. It records every process group in ``root/stack.json``, so
 ``stop_stack(root)`` stops them even from another process.
 """
 
@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 LOCAL_CONFIG = PROJECT_ROOT / "include" / "config" / "local.yaml"
 DEFAULT_ROOT = PROJECT_ROOT / ".local"
 STATE_FILE = "stack.json"
+# Every process of a stack inherits this variable, so stopping the stack also
+# finds processes that left their process group (task processes of the
+# LocalExecutor and the workers they start).
+STACK_ID_ENV = "ML_LIFECYCLE_STACK_ID"
 ENV_FILE = "env"
 AIRFLOW_USER = "admin"
 # Credentials the AWS emulator accepts; it maps them to account 123456789012.
@@ -121,6 +125,7 @@ class LocalStack:
     fresh: bool = False
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     airflow_password: str | None = None
+    stack_id: str = field(default_factory=lambda: secrets.token_hex(8))
 
     @property
     def layout(self) -> StackLayout:
@@ -189,7 +194,7 @@ class LocalStack:
     def _start_service(
         self, name: str, command: list[str], *, env: Mapping[str, str] | None = None, wait_ready: bool = True
     ) -> ServiceProcess:
-        full_env = {**os.environ, **(env or {})}
+        full_env = {**os.environ, **(env or {}), STACK_ID_ENV: self.stack_id}
         service = start_service(
             name,
             command,
@@ -206,6 +211,7 @@ class LocalStack:
     def _save_state(self) -> None:
         state = {
             "root": str(self.root),
+            "stack_id": self.stack_id,
             "services": {
                 name: {"pgid": service.pid, **service.info} for name, service in self.services.items()
             },
@@ -286,7 +292,7 @@ class LocalStack:
         return secret_file.read_text(encoding="utf-8").strip()
 
     def wait_for_airflow(self, timeout_s: float = AIRFLOW_START_TIMEOUT_S) -> None:
-        """Wait until the API answers and the DAG processor has parsed all six DAGs without import errors."""
+        """Wait until the API responds and the DAG processor has parsed all six DAGs without import errors."""
         client = AirflowClient(self.api_url, AIRFLOW_USER, self.airflow_password or "")
         deadline = time.monotonic() + timeout_s
         last_error = "no answer yet"
@@ -376,6 +382,22 @@ class LocalStack:
         self.layout.env_file.chmod(0o600)
         return self.layout.env_file
 
+    def wait_for_sink(self, expected: int, timeout_s: float = 300.0) -> dict[str, Any]:
+        """Wait until the sink reports ``expected`` consumed messages and return its running totals."""
+        status_file = self.layout.run / "sink-status.json"
+        deadline = time.monotonic() + timeout_s
+        totals: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            if status_file.exists():
+                totals = json.loads(status_file.read_text(encoding="utf-8"))
+                if totals.get("messages", 0) >= expected:
+                    return totals
+            time.sleep(0.5)
+        raise TimeoutError(
+            f"the sink consumed {totals.get('messages', 0):,} of {expected:,} events in {timeout_s:.0f} s; "
+            f"see {self.layout.logs / 'sink.log'}"
+        )
+
     # ------------------------------------------------------------------ stop
 
     def stop(self) -> None:
@@ -384,6 +406,7 @@ class LocalStack:
             service = self.services.pop(name)
             service.stop()
             log.info("Stopped %s", name)
+        stop_stray_processes(self.stack_id)
         self.layout.state_file.unlink(missing_ok=True)
 
 
@@ -397,8 +420,37 @@ def stop_stack(root: Path = DEFAULT_ROOT) -> list[str]:
     for name, service in reversed(list(state.get("services", {}).items())):
         stop_process_group(int(service["pgid"]))
         stopped.append(name)
+    if state.get("stack_id"):
+        stop_stray_processes(state["stack_id"])
     state_file.unlink(missing_ok=True)
     return stopped
+
+
+def stop_stray_processes(stack_id: str, timeout_s: float = 10.0) -> list[int]:
+    """Stop processes of a stack that outlived their process group; return their pids."""
+    import psutil
+
+    strays = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if process.environ().get(STACK_ID_ENV) == stack_id:
+                strays.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    for process in strays:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(strays, timeout=timeout_s)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    if strays:
+        log.warning(
+            "Stopped %d processes of the stack outside its process groups: %s",
+            len(strays),
+            [p.pid for p in strays],
+        )
+    return [process.pid for process in strays]
 
 
 def airflow_executable() -> str:

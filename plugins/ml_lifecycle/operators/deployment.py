@@ -39,8 +39,8 @@ class SageMakerEndpointDeployOperator(LifecycleOperator):
     Approved versions are deployed. The operator creates the SageMaker model
     and endpoint config for the version (or reuses them), calls CreateEndpoint
     or UpdateEndpoint, waits for InService, then checks that the live
-    endpoint config is the new one and that InvokeEndpoint answers for the
-    latest forecast inputs with this version's forecasts.
+    endpoint config is the new one and that InvokeEndpoint returns this
+    version's forecasts for the latest forecast inputs.
 
     :param aws_conn_id: Airflow connection to AWS (templated).
     :param snowflake_conn_id: Airflow connection to Snowflake, for the smoke test inputs (templated).
@@ -266,7 +266,7 @@ class SageMakerEndpointDeployOperator(LifecycleOperator):
         endpoint_name: str,
         version: ModelVersion,
     ) -> dict[str, Any]:
-        """Invoke the endpoint with the newest forecast inputs and check it answers with this version."""
+        """Invoke the endpoint with the newest forecast inputs and check that this version responds."""
         from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
         from ml_lifecycle.aws.endpoint import invoke_forecasts
@@ -286,7 +286,7 @@ class SageMakerEndpointDeployOperator(LifecycleOperator):
         predictions, served_version, variant = invoke_forecasts(runtime, endpoint_name, records)
         if served_version != version.model_version:
             raise DeploymentFailed(
-                f"endpoint {endpoint_name} answered with model version {served_version!r}, expected "
+                f"endpoint {endpoint_name} returned forecasts of model version {served_version!r}, expected "
                 f"{version.model_version!r}"
             )
         first = predictions[0]

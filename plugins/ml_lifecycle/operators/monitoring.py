@@ -27,9 +27,9 @@ class ForecastDriftMonitorOperator(LifecycleOperator):
     run's weeks (and the next forecast inputs) against the deciles of the
     live model's training data, stored with the model. Performance drift: the
     live endpoint's WAPE on weeks after its training window whose demand is
-    now known, against its holdout WAPE. Every figure goes to CloudWatch; when
-    drift passes the configured thresholds an alert goes to SNS and the
-    returned summary says why, for the task that triggers retraining.
+    now known, against its holdout WAPE. Every figure goes to CloudWatch. When
+    drift passes the configured thresholds, an alert goes to SNS and the
+    returned summary states the reason for the task that triggers retraining.
 
     :param aws_conn_id: Airflow connection to AWS (templated).
     :param snowflake_conn_id: Airflow connection to Snowflake (templated).
@@ -64,7 +64,7 @@ class ForecastDriftMonitorOperator(LifecycleOperator):
 
         from ml_lifecycle.aws.endpoint import describe_live_model, invoke_forecasts
         from ml_lifecycle.aws.registry import ModelRegistry
-        from ml_lifecycle.forecasting.dataset import FEATURE_COLUMNS, ID_COLUMNS
+        from ml_lifecycle.forecasting.dataset import FEATURE_COLUMNS, ID_COLUMNS, as_date
         from ml_lifecycle.forecasting.drift import FeatureBaseline, assess_drift
         from ml_lifecycle.forecasting.evaluation import forecast_metrics
 
@@ -104,9 +104,7 @@ class ForecastDriftMonitorOperator(LifecycleOperator):
 
         # Only weeks after the training window tell how the model does on data it never saw.
         unseen = [
-            row
-            for row in rows
-            if row["QUANTITY"] is not None and _as_date(row["WEEK_START"]) >= trained_until
+            row for row in rows if row["QUANTITY"] is not None and as_date(row["WEEK_START"]) >= trained_until
         ]
         recent_wape = None
         if unseen:
@@ -142,7 +140,7 @@ class ForecastDriftMonitorOperator(LifecycleOperator):
             "model_version": version.model_version,
             "model_package_arn": version.arn,
             "trained_until": str(trained_until),
-            "weeks_with_known_demand": len({_as_date(row["WEEK_START"]) for row in unseen}),
+            "weeks_with_known_demand": len({as_date(row["WEEK_START"]) for row in unseen}),
             "window": str(window),
             "window_end": str(window.local_end.date()),
             "reason": "drift: " + "; ".join(report.reasons) if report.drift else "",
@@ -222,14 +220,6 @@ class ForecastDriftMonitorOperator(LifecycleOperator):
         self.log.warning("%s", message)
 
 
-def _as_date(value: Any) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    return dt.date.fromisoformat(str(value))
-
-
 def drift_detected(summary: dict[str, Any] | None) -> bool:
-    """Tell whether a monitoring summary asks for retraining."""
+    """Tell whether a monitoring summary requests retraining."""
     return bool(summary and summary.get("drift"))

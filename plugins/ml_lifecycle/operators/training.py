@@ -80,12 +80,14 @@ class DemandForecastTrainingOperator(LifecycleOperator):
         conf = getattr(context.get("dag_run"), "conf", None) or {}
         if conf.get("reason") and not settings["reason"]:
             settings["reason"] = str(conf["reason"])
+
         try:
             settings["window_weeks"] = int(settings["window_weeks"])
         except (TypeError, ValueError) as err:
             raise ConfigError(
                 f"invalid window_weeks {settings['window_weeks']!r}: expected a whole number"
             ) from err
+
         minimum = config.training.holdout_weeks + config.training.cv_folds + 2
         if not minimum <= settings["window_weeks"] <= 104:
             raise ConfigError(
@@ -94,6 +96,7 @@ class DemandForecastTrainingOperator(LifecycleOperator):
             )
         if settings["preset"] not in ("fast", "default", "thorough"):
             raise ConfigError(f"invalid preset {settings['preset']!r}: expected fast, default or thorough")
+
         if is_backfill(context) and settings["deploy"]:
             self.log.info("Backfill run: the version is registered but never deployed")
             settings["deploy"] = False
@@ -373,7 +376,7 @@ class DemandForecastTrainingOperator(LifecycleOperator):
 
 
 def deployment_decision(summary: dict[str, Any]) -> bool:
-    """Tell whether a training summary asks for deployment: approved, deploy requested, not a backfill."""
+    """Tell whether a training summary requests deployment: approved, deploy requested, not a backfill."""
     return bool(summary.get("deploy")) and summary.get("approval_status") == "Approved"
 
 
@@ -385,7 +388,7 @@ class PublishApprovedModelOperator(LifecycleOperator):
     which triggers endpoint_deployment. Put a short-circuit task before it so
     that rejected and backfill versions announce nothing.
 
-    :param training_task_id: task whose XCom holds the training summary (templated).
+    :param training_task_id: task whose XCom contains the training summary (templated).
     """
 
     template_fields: tuple[str, ...] = (*LifecycleOperator.template_fields, "training_task_id")
