@@ -133,6 +133,7 @@ class LoadCheckConfig(_Section):
 class ValidationConfig(_Section):
     suite: str = "include/gx/pos_transactions.json"
     min_rows: int = Field(default=1000, ge=1)
+    data_docs_prefix: str = "data-docs"
 
     def suite_path(self) -> Path:
         """Return the suite file, relative paths resolved against the project root."""

@@ -161,6 +161,31 @@ def test_validation_suite_passes_on_landed_rows(lifecycle: dict[str, Any]) -> No
         assert summary["unsuccessful_expectations"] == 0
 
 
+def test_validation_publishes_data_docs(lifecycle: dict[str, Any]) -> None:
+    import urllib.request
+
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    from ml_lifecycle.links import DataDocsLink
+
+    run = lifecycle["second.sales_data_validation"]
+    url = xcom(run, "validate_pos_lines")["data_docs"]
+    with create_session() as session:
+        link = (
+            session.query(XComModel)
+            .filter(XComModel.run_id == run.run_id, XComModel.key == DataDocsLink().xcom_key)
+            .one()
+        )
+    with urllib.request.urlopen(url, timeout=10) as response:
+        page = response.read().decode("utf-8")
+
+    assert XComModel.deserialize_value(link) == url
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert "pos_transactions" in page
+    assert "kafka_partition" in page
+
+
 def test_features_cover_each_week_of_both_windows(lifecycle: dict[str, Any]) -> None:
     weeks = warehouse_rows(
         "SELECT WEEK_START, COUNT(*) AS ROWS_WRITTEN, COUNT(QUANTITY) AS WITH_TARGET "

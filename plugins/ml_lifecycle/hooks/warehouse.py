@@ -49,16 +49,20 @@ class WarehouseHook(SnowflakeHook):
         return connect(**self._get_conn_params())
 
     def run_script(self, statements: Sequence[str], parameters: Mapping[str, Any] | None = None) -> list[int]:
-        """Run ``statements`` in one transaction and return the row count of each.
+        """Run ``statements`` with the same parameters in one transaction and return the row count of each.
 
         Nothing is committed unless every statement succeeds.
         """
+        return self.run_in_transaction([(statement, parameters) for statement in statements])
+
+    def run_in_transaction(self, steps: Sequence[tuple[str, Mapping[str, Any] | None]]) -> list[int]:
+        """Run (statement, parameters) pairs in one transaction and return the row count of each."""
         counts: list[int] = []
         with self.get_conn() as conn:
             cursor = conn.cursor()
             try:
                 cursor.execute("BEGIN")
-                for statement in statements:
+                for statement, parameters in steps:
                     cursor.execute(statement, _bindings_for(statement, parameters))
                     counts.append(cursor.rowcount or 0)
                 cursor.execute("COMMIT")
@@ -67,7 +71,7 @@ class WarehouseHook(SnowflakeHook):
                 raise
             finally:
                 cursor.close()
-        self.log.info("Ran %d statements in one transaction; row counts %s", len(statements), counts)
+        self.log.info("Ran %d statements in one transaction; row counts %s", len(steps), counts)
         return counts
 
     def fetch_dicts(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:

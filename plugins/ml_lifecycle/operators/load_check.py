@@ -238,34 +238,41 @@ class PosLoadCheckOperator(LifecycleOperator):
         window_rows: dict[int, int],
         topic_problems: list[Problem],
     ) -> None:
-        """Write one audit row per partition; topic-wide problems are repeated on each row."""
+        """Replace this run's audit rows: one per partition, topic-wide problems repeated on each."""
         statement = render_sql_file(f"{SQL_DIR}/insert_audit.sql", params)
         run_id = context["run_id"]
         topic_messages = [problem.message for problem in topic_problems]
+        steps: list[tuple[str, dict[str, Any] | None]] = [
+            (render_sql_file(f"{SQL_DIR}/delete_audit.sql", params), {"dag_run_id": run_id})
+        ]
         for report in reports:
             messages = [problem.message for problem in report.problems] + topic_messages
-            warehouse.run_script(
-                [statement],
-                {
-                    "dag_run_id": run_id,
-                    "window_start": window.local_start.isoformat(sep=" "),
-                    "window_end": window.local_end.isoformat(sep=" "),
-                    "topic": topic,
-                    "partition": report.partition,
-                    "log_start": report.kafka.log_start,
-                    "log_end": report.kafka.log_end,
-                    "committed": report.kafka.committed,
-                    "landed_rows": report.accounted.landed_rows,
-                    "quarantined_rows": report.accounted.quarantined_rows,
-                    "distinct_offsets": report.accounted.distinct_offsets,
-                    "missing_offsets": report.missing_offsets,
-                    "duplicate_rows": report.accounted.duplicate_rows,
-                    "consumer_lag": report.consumer_lag,
-                    "window_rows": window_rows.get(report.partition, 0),
-                    "passed": not messages,
-                    "problems": "\n".join(messages) or None,
-                },
+            steps.append(
+                (
+                    statement,
+                    {
+                        "dag_run_id": run_id,
+                        "window_start": window.local_start.isoformat(sep=" "),
+                        "window_end": window.local_end.isoformat(sep=" "),
+                        "topic": topic,
+                        "partition": report.partition,
+                        "log_start": report.kafka.log_start,
+                        "log_end": report.kafka.log_end,
+                        "committed": report.kafka.committed,
+                        "landed_rows": report.accounted.landed_rows,
+                        "quarantined_rows": report.accounted.quarantined_rows,
+                        "distinct_offsets": report.accounted.distinct_offsets,
+                        "missing_offsets": report.missing_offsets,
+                        "duplicate_rows": report.accounted.duplicate_rows,
+                        "consumer_lag": report.consumer_lag,
+                        "window_rows": window_rows.get(report.partition, 0),
+                        "commit_pending": report.commit_pending,
+                        "passed": not messages,
+                        "problems": "\n".join(messages) or None,
+                    },
+                )
             )
+        warehouse.run_in_transaction(steps)
 
     @staticmethod
     def summarize(

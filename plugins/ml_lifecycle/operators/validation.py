@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ml_lifecycle.exceptions import ConfigError, ValidationFailed
 from ml_lifecycle.hooks.warehouse import WarehouseHook, render_sql_file, split_statements, sql_params
+from ml_lifecycle.links import DataDocsLink
 from ml_lifecycle.operators.base import LifecycleOperator
 
 if TYPE_CHECKING:
@@ -18,6 +21,7 @@ if TYPE_CHECKING:
     from ml_lifecycle.windows import Window
 
 SQL_DIR = "sales_data_validation"
+DATA_DOCS_SITE = "lifecycle_data_docs"
 FAILURE_MODES = ("fail", "warn")
 
 
@@ -117,22 +121,36 @@ class GreatExpectationsSqlOperator(LifecycleOperator):
     ``STAGING.POS_LINES`` limited to the window, so the rows are never pulled
     into the worker. ``min_rows`` from the configuration is passed as the
     suite parameter ``min_rows``, so an empty window fails. The summary is
-    stored in ``AUDIT.VALIDATION_RUNS``.
+    stored in ``AUDIT.VALIDATION_RUNS``, and the Data Docs site of every run goes
+    to S3; the task log and the "Data Docs" extra link give its address.
 
     :param snowflake_conn_id: Airflow connection to Snowflake (templated).
+    :param aws_conn_id: Airflow connection to AWS, for the Data Docs in S3 (templated).
     :param suite_path: suite JSON file; defaults to ``validation.suite`` (templated).
     :raises ValidationFailed: if an expectation fails and the suite's
         ``meta.on_failure`` is ``fail`` (the default).
     """
 
-    template_fields: tuple[str, ...] = (*LifecycleOperator.template_fields, "snowflake_conn_id", "suite_path")
+    template_fields: tuple[str, ...] = (
+        *LifecycleOperator.template_fields,
+        "snowflake_conn_id",
+        "aws_conn_id",
+        "suite_path",
+    )
+    operator_extra_links = (DataDocsLink(),)
     ui_color = "#fff3d6"
 
     def __init__(
-        self, *, snowflake_conn_id: str | None = None, suite_path: str | None = None, **kwargs: Any
+        self,
+        *,
+        snowflake_conn_id: str | None = None,
+        aws_conn_id: str | None = None,
+        suite_path: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.snowflake_conn_id = snowflake_conn_id
+        self.aws_conn_id = aws_conn_id
         self.suite_path = suite_path
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -150,9 +168,20 @@ class GreatExpectationsSqlOperator(LifecycleOperator):
                 f"{SQL_DIR}/window_lines.sql", sql_params(config, window=_window_literals(window))
             )
         )
-        result = self.run_suite(warehouse, suite_definition, query, {"min_rows": config.validation.min_rows})
+        with tempfile.TemporaryDirectory(prefix="data-docs-") as docs_dir:
+            result = self.run_suite(
+                warehouse,
+                suite_definition,
+                query,
+                {"min_rows": config.validation.min_rows},
+                docs_dir=Path(docs_dir),
+                run_name=context["run_id"],
+            )
+            docs_url = self.publish_data_docs(context, config, Path(docs_dir))
         summary = summarize_results(result)
-        summary.update(suite=suite_definition["name"], window=str(window), on_failure=failure_mode)
+        summary.update(
+            suite=suite_definition["name"], window=str(window), on_failure=failure_mode, data_docs=docs_url
+        )
         self.store_summary(warehouse, config, context, window, summary)
 
         self.log.info(
@@ -183,14 +212,34 @@ class GreatExpectationsSqlOperator(LifecycleOperator):
         suite_definition: dict[str, Any],
         query: str,
         parameters: dict[str, Any],
+        *,
+        docs_dir: Path,
+        run_name: str,
     ) -> Any:
-        """Build an ephemeral GX context on the warehouse connection and validate ``query``."""
+        """Validate ``query`` through a GX checkpoint on the warehouse connection, writing Data Docs.
+
+        :param docs_dir: directory the Data Docs site is written to.
+        :param run_name: name of the validation run in the docs, the DAG run id.
+        :return: the validation result of the suite.
+        """
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
         import great_expectations as gx
+        from great_expectations.core.run_identifier import RunIdentifier
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        context.add_data_docs_site(
+            site_name=DATA_DOCS_SITE,
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
         account = warehouse.get_connection(warehouse.get_conn_id()).extra_dejson.get("account", "account")
         # The engine gets its connections from the hook, so the connector
         # options of the Airflow connection (host, port, protocol) apply.
@@ -218,14 +267,49 @@ class GreatExpectationsSqlOperator(LifecycleOperator):
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"{suite.name}_window", data=batch_definition, suite=suite)
         )
-        return definition.run(expectation_parameters=parameters, result_format="SUMMARY")
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"{suite.name}_checkpoint",
+                validation_definitions=[definition],
+                actions=[
+                    gx.checkpoint.UpdateDataDocsAction(name="update_data_docs", site_names=[DATA_DOCS_SITE])
+                ],
+                result_format="SUMMARY",
+            )
+        )
+        result = checkpoint.run(expectation_parameters=parameters, run_id=RunIdentifier(run_name=run_name))
+        (validation,) = result.run_results.values()
+        return validation
+
+    def publish_data_docs(self, context: Context, config: Any, docs_dir: Path) -> str:
+        """Upload the Data Docs site to S3, link the run's validation page and return its URL."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        from ml_lifecycle.aws.s3 import browser_url, upload_directory
+
+        client = S3Hook(aws_conn_id=self.aws_conn_id or config.aws.conn_id).get_conn()
+        bucket = config.aws.artifact_bucket
+        # One complete site per run, so a later run does not replace this one's index.
+        run_path = re.sub(r"[^A-Za-z0-9._-]", "_", context["run_id"])
+        prefix = f"{config.validation.data_docs_prefix}/{context['dag'].dag_id}/{run_path}"
+        uploaded = upload_directory(client, docs_dir, bucket, prefix)
+
+        pages = sorted(docs_dir.glob("validations/**/*.html"), key=lambda page: page.stat().st_mtime)
+        page = pages[-1].relative_to(docs_dir).as_posix() if pages else "index.html"
+        url = browser_url(client, bucket, f"{prefix}/{page}")
+        DataDocsLink.persist(context, url)
+        self.log.info(
+            "Data Docs (%d files) at s3://%s/%s; this run's page: %s", uploaded, bucket, prefix, url
+        )
+        return url
 
     def store_summary(
         self, warehouse: WarehouseHook, config: Any, context: Context, window: Window, summary: dict[str, Any]
     ) -> None:
-        statement = render_sql_file(f"{SQL_DIR}/insert_validation_run.sql", sql_params(config))
+        insert = render_sql_file(f"{SQL_DIR}/insert_validation_run.sql", sql_params(config))
+        delete = render_sql_file(f"{SQL_DIR}/delete_validation_run.sql", sql_params(config))
         warehouse.run_script(
-            [statement],
+            [delete, insert],
             {
                 "dag_run_id": context["run_id"],
                 "suite_name": summary["suite"],
