@@ -62,10 +62,11 @@ def summarize_results(result: Any) -> dict[str, Any]:
                 "expectation": config.type,
                 "column": config.kwargs.get("column") or config.kwargs.get("column_list"),
                 "success": bool(item.success),
-                "unexpected_count": details.get("unexpected_count"),
+                # GX reports SQL counts as floats; they are whole numbers.
+                "unexpected_count": _whole(details.get("unexpected_count")),
                 "unexpected_percent": details.get("unexpected_percent"),
                 "observed_value": details.get("observed_value"),
-                "sample_unexpected": (details.get("partial_unexpected_list") or [])[:5],
+                "sample_unexpected": list(dict.fromkeys(details.get("partial_unexpected_list") or []))[:5],
                 "error": error,
             }
         )
@@ -77,6 +78,10 @@ def summarize_results(result: Any) -> dict[str, Any]:
         "unsuccessful_expectations": int(statistics["unsuccessful_expectations"]),
         "expectations": expectations,
     }
+
+
+def _whole(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _raised_exception_message(exception_info: Mapping[str, Any]) -> str | None:
