@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FILE ?=
 
-.PHONY: demo test up down status replay lint bench-replay clean
+.PHONY: demo test up down status replay lint bench-sink clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}; set PYTHON=/path/to/python3.11"'
@@ -39,6 +39,10 @@ status: $(STAMP)
 replay: $(STAMP)
 	@test -f .local/env || { echo "start the stack first: make up"; exit 1; }
 	. .local/env && $(BIN)/ml-lifecycle replay $(FILE)
+
+# Prints the sink's throughput against the bare consume rate and its peak memory.
+bench-sink: $(STAMP)
+	$(BIN)/ml-lifecycle bench sink
 
 lint: $(STAMP)
 	$(BIN)/ruff check plugins dags tests include

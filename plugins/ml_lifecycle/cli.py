@@ -62,6 +62,12 @@ def _replay(args: argparse.Namespace) -> int:
     return replay.main(args.replay_args)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from ml_lifecycle.local import benchmarks
+
+    return benchmarks.main(args.bench_args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from ml_lifecycle.local import demo
 
@@ -99,9 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--data", type=Path, help="sales CSV to replay (default: the UCI Online Retail file)")
     demo.set_defaults(handler=_demo)
 
+    bench = commands.add_parser("bench", help="run a benchmark (see 'bench --help')", add_help=False)
+    bench.set_defaults(handler=_bench)
+
     args, extra = parser.parse_known_args(argv)
     if args.command == "replay":
         args.replay_args = extra
+    elif args.command == "bench":
+        args.bench_args = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

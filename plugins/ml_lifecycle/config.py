@@ -96,6 +96,7 @@ class WarehouseConfig(_Section):
             "pos_landing": f"{db}.{self.raw_schema}.POS_LANDING",
             "quarantine_landing": f"{db}.{self.raw_schema}.POS_QUARANTINE_LANDING",
             "sink_loads": f"{db}.{self.raw_schema}.SINK_LOADS",
+            "sink_offsets": f"{db}.{self.raw_schema}.SINK_OFFSETS",
             "pos_lines": f"{db}.{self.staging_schema}.POS_LINES",
             "uk_bank_holidays": f"{db}.{self.staging_schema}.UK_BANK_HOLIDAYS",
             "weekly_demand": f"{db}.{self.features_schema}.WEEKLY_DEMAND",

@@ -142,6 +142,8 @@ def test_clean_load_passes_and_writes_audit_rows(stack: LocalStack) -> None:
     assert summary["missing_offsets"] == 0
     assert summary["consumer_lag"] == 0
     assert summary["window_rows"] == stack.slice_lines
+    assert summary["log_end_offsets"] == summary["accounted_rows"] == stack.slice_lines
+    assert summary["balanced"] is True
     assert [row["KAFKA_PARTITION"] for row in audit] == [0, 1, 2, 3]
     assert sum(row["LANDED_ROWS"] for row in audit) == stack.slice_lines
     assert all(row["PASSED"] for row in audit)
@@ -307,6 +309,8 @@ def test_lag_then_commit_pending_then_caught_up(stack: LocalStack, tmp_path: Pat
     assert caught_up["commit_pending"] == 0
     assert caught_up["landed_rows"] == stack.slice_lines + 40
     assert caught_up["duplicate_rows"] == 0
+    assert caught_up["balanced"] is True
+    assert pending["balanced"] is True
 
 
 class TestValidation:

@@ -490,7 +490,8 @@ class TestBatchFiles:
         assert quarantine.path is not None
         assert len(self.read_rows(events.path)) == 1
         (row,) = self.read_rows(quarantine.path)
-        metadata, raw_base64, reason, detail = row
+        landing_key, metadata, raw_base64, reason, detail = row
+        assert landing_key == "pos_transactions-2-21"
         assert json.loads(metadata)["offset"] == 21
         assert base64.b64decode(raw_base64) == returned
         assert reason == "sink_error"

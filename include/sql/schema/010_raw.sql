@@ -19,14 +19,16 @@ CREATE TABLE IF NOT EXISTS {{ params.tables.pos_quarantine }} (
 
 -- COPY INTO loads staged files here; the sink then moves rows to the tables
 -- above with PARSE_JSON, skipping (partition, offset) pairs already present.
+-- LANDING_KEY is topic, partition and first offset of the staged file the
+-- row came from, written into each CSV row so that COPY fills it.
 CREATE TABLE IF NOT EXISTS {{ params.tables.pos_landing }} (
-    FILE_NAME VARCHAR,
+    LANDING_KEY VARCHAR,
     RECORD_METADATA VARCHAR,
     RECORD_CONTENT VARCHAR
 );
 
 CREATE TABLE IF NOT EXISTS {{ params.tables.quarantine_landing }} (
-    FILE_NAME VARCHAR,
+    LANDING_KEY VARCHAR,
     RECORD_METADATA VARCHAR,
     RAW_BASE64 VARCHAR,
     REASON VARCHAR,
@@ -46,6 +48,16 @@ CREATE TABLE IF NOT EXISTS {{ params.tables.sink_loads }} (
     ROWS_INSERTED INTEGER,
     FIRST_ERROR VARCHAR,
     LOADED_AT TIMESTAMP_NTZ
+);
+
+-- The highest offset per partition the sink has landed or quarantined,
+-- written in the same transaction as the rows, like the offset token the
+-- Snowflake Kafka connector keeps in Snowflake.
+CREATE TABLE IF NOT EXISTS {{ params.tables.sink_offsets }} (
+    TOPIC VARCHAR,
+    KAFKA_PARTITION INTEGER,
+    LAST_OFFSET INTEGER,
+    UPDATED_AT TIMESTAMP_NTZ
 );
 
 CREATE STAGE IF NOT EXISTS {{ params.tables.sink_stage }};

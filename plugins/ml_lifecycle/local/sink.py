@@ -10,7 +10,7 @@ Each batch goes through these steps, and the Kafka offsets are committed
 only in the last one, so a failure anywhere before it makes the sink
 consume the batch again:
 
-1. Every message is checked with :func:`~ml_lifecycle.ingest.events.parse_event`.
+1. Every message is checked with :func:`~ml_lifecycle.ingest.events.validate_event`.
    Valid events are streamed to one gzip CSV file per partition (record
    metadata and record content as JSON), the others to a quarantine file per
    partition (metadata, base64 bytes, reason, detail). A message whose
@@ -54,6 +54,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -66,7 +67,7 @@ from ml_lifecycle.ingest.events import (
     PosEvent,
     QuarantineReason,
     Rejection,
-    parse_event,
+    validate_event,
 )
 from ml_lifecycle.local.process import write_ready_file
 
@@ -185,6 +186,48 @@ def _compact_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def record_metadata_json(msg: Message) -> str:
+    """Return :func:`record_metadata` of ``msg`` as compact JSON text.
+
+    Messages without headers, all of them in practice, are written from a
+    template: a dictionary and json.dumps per message cost more than
+    parsing the event itself.
+    """
+    from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME
+
+    if msg.headers():
+        return _compact_json(record_metadata(msg))
+    text = (
+        f'{{"topic":{_json_string(msg.topic() or "")},"partition":{msg.partition()},"offset":{msg.offset()}'
+    )
+    timestamp_type, timestamp = msg.timestamp()
+    if timestamp_type == TIMESTAMP_CREATE_TIME:
+        text += f',"CreateTime":{timestamp}'
+    elif timestamp_type == TIMESTAMP_LOG_APPEND_TIME:
+        text += f',"LogAppendTime":{timestamp}'
+    key = msg.key()
+    if key is not None:
+        text += f',"key":{_json_string(key.decode("utf-8", errors="replace"))}'
+    return text + "}"
+
+
+def record_content(value: bytes | None) -> str:
+    """Return the RECORD_CONTENT text of a valid event: the message's own JSON, as the connector lands it.
+
+    A message text that spans lines is written compactly instead, so every
+    staged CSV row stays on one line.
+    """
+    text = (value or b"").decode("utf-8")
+    if "\n" in text or "\r" in text:
+        return _compact_json(json.loads(text))
+    return text
+
+
+def _json_string(value: str) -> str:
+    # The C encoder json.dumps uses for strings, without the call overhead.
+    return json.encoder.encode_basestring(value)
+
+
 # --- Files of one batch -------------------------------------------------------------
 
 
@@ -203,6 +246,7 @@ class StagedFile:
         self.first_offset: int | None = None
         self.last_offset: int | None = None
         self.path: Path | None = None
+        self.landing_key = ""
         directory.mkdir(parents=True, exist_ok=True)
         self._partial = directory / f".{topic}-{partition}.partial"
         self._raw = self._partial.open("wb")
@@ -216,10 +260,13 @@ class StagedFile:
         return f"{self.topic}-{self.partition}-{self.first_offset:020d}-{self.last_offset:020d}.csv.gz"
 
     def write(self, offset: int, row: Sequence[str]) -> None:
-        self._writer.writerow(row)
-        self.rows += 1
         if self.first_offset is None:
             self.first_offset = offset
+            # Known from the first row on, unlike the file name, so every CSV
+            # row carries it and COPY fills the landing table's key column.
+            self.landing_key = f"{self.topic}-{self.partition}-{offset}"
+        self._writer.writerow((self.landing_key, *row))
+        self.rows += 1
         self.last_offset = offset
 
     def close(self) -> Path:
@@ -241,13 +288,14 @@ class StagedFile:
             self.path.unlink(missing_ok=True)
 
 
-ParseFunction = Callable[[bytes | None, int], PosEvent | Rejection]
+# Returns a Rejection for a message to quarantine; anything else means valid.
+ParseFunction = Callable[[bytes | None, int], PosEvent | Rejection | None]
 
 
 class Batch:
     """Messages consumed since the last commit, streamed into staged files.
 
-    :param parse: validates one message value; :func:`parse_event` unless a test replaces it.
+    :param parse: validates one message value; :func:`validate_event` unless a test replaces it.
     """
 
     def __init__(
@@ -256,7 +304,7 @@ class Batch:
         topic: str,
         work_dir: Path,
         max_event_bytes: int,
-        parse: ParseFunction = parse_event,
+        parse: ParseFunction = validate_event,
     ) -> None:
         self.number = number
         self.topic = topic
@@ -281,7 +329,8 @@ class Batch:
     def _file(self, kind: FileKind, partition: int) -> StagedFile:
         staged = self._files.get((kind, partition))
         if staged is None:
-            staged = StagedFile(self._work_dir / kind, self.topic, kind, partition)
+            # A directory per batch: the next batch writes while this one loads.
+            staged = StagedFile(self._work_dir / f"batch-{self.number}" / kind, self.topic, kind, partition)
             self._files[(kind, partition)] = staged
         return staged
 
@@ -313,12 +362,13 @@ class Batch:
 
         value = msg.value()
         try:
-            metadata = record_metadata(msg)
             result = self._parse(value, self._max_event_bytes)
-            if isinstance(result, PosEvent):
-                self._file("events", partition).write(offset, (_compact_json(metadata), result.to_json()))
+            if isinstance(result, Rejection):
+                self._quarantine(partition, offset, record_metadata(msg), value, result)
             else:
-                self._quarantine(partition, offset, metadata, value, result)
+                self._file("events", partition).write(
+                    offset, (record_metadata_json(msg), record_content(value))
+                )
         except Exception as err:
             # An unusable message is quarantined, never dropped.
             errors = self.reasons[QuarantineReason.SINK_ERROR.value]
@@ -351,6 +401,7 @@ class Batch:
     def discard(self) -> None:
         for staged in self._files.values():
             staged.discard()
+        shutil.rmtree(self._work_dir / f"batch-{self.number}", ignore_errors=True)
 
     def describe_offsets(self) -> str:
         return ", ".join(f"{p}:{first}-{last}" for p, (first, last) in sorted(self.offsets.items()))
@@ -379,8 +430,6 @@ _COPY = (
     + "{% if params.force %} FORCE = TRUE{% endif %}"
 )
 
-_NAME_LANDED_ROWS = "UPDATE {{ params.landing }} SET FILE_NAME = %(file_name)s WHERE FILE_NAME IS NULL"
-
 _COUNT_PRESENT = """
 SELECT COUNT(*) FROM {{ params.target }}
 WHERE RECORD_METADATA:topic::VARCHAR = %(topic)s
@@ -388,10 +437,30 @@ WHERE RECORD_METADATA:topic::VARCHAR = %(topic)s
   AND RECORD_METADATA:offset::INTEGER BETWEEN %(first_offset)s AND %(last_offset)s
 """
 
-# Landing rows of records that an earlier batch landed already.
+_READ_WATERMARKS = """
+SELECT KAFKA_PARTITION, LAST_OFFSET FROM {{ params.tables.sink_offsets }}
+WHERE TOPIC = %(topic)s
+"""
+
+# UPDATE, then INSERT when no row changed: fakesnow 0.12.1 cannot run MERGE
+# inside a transaction that already wrote to the database.
+_RAISE_WATERMARK = """
+UPDATE {{ params.tables.sink_offsets }}
+SET LAST_OFFSET = GREATEST(LAST_OFFSET, %(last_offset)s), UPDATED_AT = TO_TIMESTAMP_NTZ(%(now)s)
+WHERE TOPIC = %(topic)s AND KAFKA_PARTITION = %(partition)s
+"""
+
+_INSERT_WATERMARK = """
+INSERT INTO {{ params.tables.sink_offsets }} (TOPIC, KAFKA_PARTITION, LAST_OFFSET, UPDATED_AT)
+VALUES (%(topic)s, %(partition)s, %(last_offset)s, TO_TIMESTAMP_NTZ(%(now)s))
+"""
+
+# Landing rows of records that an earlier batch landed already. It scans the
+# target table, so it runs only for files whose offsets reach back to or below
+# the partition's watermark, which happens only when offsets are consumed again.
 _DELETE_PRESENT = """
 DELETE FROM {{ params.landing }} AS landing
-WHERE landing.FILE_NAME IN (%(file_names)s)
+WHERE landing.LANDING_KEY IN (%(landing_keys)s)
   AND EXISTS (
     SELECT 1 FROM {{ params.target }} AS target
     WHERE target.RECORD_METADATA:topic::VARCHAR = %(topic)s
@@ -401,16 +470,16 @@ WHERE landing.FILE_NAME IN (%(file_names)s)
 """
 
 _COUNT_NEW = """
-SELECT FILE_NAME, COUNT(*) FROM {{ params.landing }}
-WHERE FILE_NAME IN (%(file_names)s)
-GROUP BY FILE_NAME
+SELECT LANDING_KEY, COUNT(*) FROM {{ params.landing }}
+WHERE LANDING_KEY IN (%(landing_keys)s)
+GROUP BY LANDING_KEY
 """
 
 _INSERT_EVENTS = """
 INSERT INTO {{ params.tables.pos_transactions }} (RECORD_METADATA, RECORD_CONTENT)
 SELECT PARSE_JSON(RECORD_METADATA), PARSE_JSON(RECORD_CONTENT)
 FROM {{ params.tables.pos_landing }}
-WHERE FILE_NAME IN (%(file_names)s)
+WHERE LANDING_KEY IN (%(landing_keys)s)
 """
 
 # NOTE: fakesnow 0.12.1 loads a quoted empty CSV field as NULL, so RAW_BYTES
@@ -422,10 +491,10 @@ INSERT INTO {{ params.tables.pos_quarantine }} (RECORD_METADATA, RAW_BYTES, REAS
 SELECT
     PARSE_JSON(RECORD_METADATA), BASE64_DECODE_BINARY(RAW_BASE64), REASON, DETAIL, TO_TIMESTAMP_NTZ(%(now)s)
 FROM {{ params.tables.quarantine_landing }}
-WHERE FILE_NAME IN (%(file_names)s)
+WHERE LANDING_KEY IN (%(landing_keys)s)
 """
 
-_CLEAR_LANDING = "DELETE FROM {{ params.landing }} WHERE FILE_NAME IN (%(file_names)s)"
+_CLEAR_LANDING = "DELETE FROM {{ params.landing }} WHERE LANDING_KEY IN (%(landing_keys)s)"
 
 _RECORD_LOAD = """
 INSERT INTO {{ params.tables.sink_loads }} (
@@ -451,13 +520,13 @@ def _kind_tables(tables: Mapping[str, str]) -> dict[FileKind, _KindTables]:
         "events": _KindTables(
             tables["pos_landing"],
             tables["pos_transactions"],
-            "RECORD_METADATA, RECORD_CONTENT",
+            "LANDING_KEY, RECORD_METADATA, RECORD_CONTENT",
             _INSERT_EVENTS,
         ),
         "quarantine": _KindTables(
             tables["quarantine_landing"],
             tables["pos_quarantine"],
-            "RECORD_METADATA, RAW_BASE64, REASON, DETAIL",
+            "LANDING_KEY, RECORD_METADATA, RAW_BASE64, REASON, DETAIL",
             _INSERT_QUARANTINE,
         ),
     }
@@ -554,7 +623,13 @@ class WarehouseLoader:
         self, cursor: SnowflakeCursor, batch_number: int, files: Sequence[StagedFile]
     ) -> BatchResult:
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-        loads = [self._copy(cursor, batch_number, staged) for staged in files]
+        # The watermark is the highest offset per partition landed or
+        # quarantined, written in this same transaction, like the offset token
+        # the Snowflake Kafka connector keeps. Files above it cannot hold
+        # records that are landed already, so they skip the duplicate check.
+        cursor.execute(_render(_READ_WATERMARKS, tables=self._tables), {"topic": self._settings.topic})
+        watermarks = {int(partition): int(offset) for partition, offset in cursor.fetchall()}
+        loads = [self._copy(cursor, batch_number, staged, watermarks) for staged in files]
 
         # COPY skips a file only after checking that its rows are all in the target table.
         result = BatchResult(files=loads)
@@ -563,15 +638,24 @@ class WarehouseLoader:
             loaded = [load for load in loads if load.staged.kind == kind and load.status == "LOADED"]
             if not loaded:
                 continue
-            file_names = tuple(load.staged.name for load in loaded)
-            binds = {"file_names": file_names, "topic": self._settings.topic, "now": now}
+            landing_keys = tuple(load.staged.landing_key for load in loaded)
+            binds = {"landing_keys": landing_keys, "topic": self._settings.topic, "now": now}
 
-            cursor.execute(_render(_DELETE_PRESENT, landing=tables.landing, target=tables.target), binds)
-            result.already_present += cursor.rowcount or 0
+            consumed_again = tuple(
+                load.staged.landing_key
+                for load in loaded
+                if (load.staged.first_offset or 0) <= watermarks.get(load.staged.partition, -1)
+            )
+            if consumed_again:
+                cursor.execute(
+                    _render(_DELETE_PRESENT, landing=tables.landing, target=tables.target),
+                    {**binds, "landing_keys": consumed_again},
+                )
+                result.already_present += cursor.rowcount or 0
             cursor.execute(_render(_COUNT_NEW, landing=tables.landing), binds)
             new_rows = {str(name): int(count) for name, count in cursor.fetchall()}
             for load in loaded:
-                load.rows_inserted = new_rows.get(load.staged.name, 0)
+                load.rows_inserted = new_rows.get(load.staged.landing_key, 0)
 
             cursor.execute(_render(tables.insert, tables=self._tables), binds)
             inserted = cursor.rowcount or 0
@@ -585,6 +669,24 @@ class WarehouseLoader:
             else:
                 result.quarantined += inserted
             cursor.execute(_render(_CLEAR_LANDING, landing=tables.landing), binds)
+
+        last_offsets: dict[int, int] = {}
+        for staged in files:
+            if staged.last_offset is not None:
+                last_offsets[staged.partition] = max(
+                    last_offsets.get(staged.partition, -1), staged.last_offset
+                )
+        for partition, last_offset in sorted(last_offsets.items()):
+            watermark = {
+                "topic": self._settings.topic,
+                "partition": partition,
+                "last_offset": last_offset,
+                "now": now,
+            }
+            if partition in watermarks:
+                cursor.execute(_render(_RAISE_WATERMARK, tables=self._tables), watermark)
+            else:
+                cursor.execute(_render(_INSERT_WATERMARK, tables=self._tables), watermark)
 
         cursor.executemany(
             _render(_RECORD_LOAD, tables=self._tables),
@@ -628,11 +730,16 @@ class WarehouseLoader:
             )
         return rows[0]
 
-    def _copy(self, cursor: SnowflakeCursor, batch_number: int, staged: StagedFile) -> FileLoad:
+    def _copy(
+        self, cursor: SnowflakeCursor, batch_number: int, staged: StagedFile, watermarks: Mapping[int, int]
+    ) -> FileLoad:
         row = self._run_copy(cursor, staged, force=False)
         status = str(row["status"])
 
-        if status == "LOAD_SKIPPED" and not self._rows_present(cursor, staged):
+        if status == "LOAD_SKIPPED" and not (
+            watermarks.get(staged.partition, -1) >= (staged.last_offset or 0)
+            and self._rows_present(cursor, staged)
+        ):
             # The load history records the file as loaded, but its rows are
             # not all in the target table, as a rolled-back transaction can
             # leave it. So the file is loaded again, and the deduplication
@@ -663,14 +770,6 @@ class WarehouseLoader:
                 f"{staged.rows} rows. The batch is retried"
             )
 
-        cursor.execute(
-            _render(_NAME_LANDED_ROWS, landing=self._kinds[staged.kind].landing), {"file_name": staged.name}
-        )
-        if (cursor.rowcount or 0) != staged.rows:
-            raise SinkLoadError(
-                f"{cursor.rowcount} unnamed landing rows after COPY of {staged.name}, "
-                f"expected {staged.rows}; another process may be writing to the landing table"
-            )
         return load
 
     def _rows_present(self, cursor: SnowflakeCursor, staged: StagedFile) -> bool:
@@ -710,7 +809,15 @@ class SinkTotals:
             "quarantined": self.quarantined,
             "already_present": self.already_present,
             "quarantine_reasons": dict(sorted(self.reasons.items())),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
         }
+
+
+def peak_rss_mb() -> float:
+    """Return the highest resident memory of this process so far, in MiB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def consumer_config(settings: SinkSettings) -> dict[str, Any]:
@@ -796,17 +903,41 @@ class Sink:
         log.info("Sink stopped; totals %s", self.totals.as_dict())
 
     def run(self, exit_when_idle_s: float | None = None) -> None:
-        """Land batches until a stop is requested or, with ``exit_when_idle_s``, the topic is drained."""
+        """Land batches until a stop is requested or, with ``exit_when_idle_s``, the topic is drained.
+
+        While one batch loads into the warehouse on a worker thread, the next
+        one is consumed and parsed, so the two kinds of work overlap. Loads run
+        one at a time and in order, and a batch's offsets are committed only
+        after its load has committed.
+        """
         batch_number = 0
-        while not self._stop.is_set():
-            batch = self._collect(batch_number + 1)
-            if batch is None:
-                if exit_when_idle_s is not None and self._drained(exit_when_idle_s):
-                    log.info("No message for %.1f s and no lag; exiting", exit_when_idle_s)
-                    return
-                continue
-            batch_number = batch.number
-            self._land(batch)
+        in_flight: tuple[Batch, Future[BatchResult]] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="warehouse-load") as loader:
+            try:
+                while not self._stop.is_set():
+                    batch = self._collect(batch_number + 1)
+                    if in_flight is not None:
+                        self._finish(*in_flight)
+                        in_flight = None
+                    if batch is None:
+                        if exit_when_idle_s is not None and self._drained(exit_when_idle_s):
+                            log.info("No message for %.1f s and no lag; exiting", exit_when_idle_s)
+                            return
+                        continue
+                    batch_number = batch.number
+                    files = batch.close_files()
+                    in_flight = (batch, loader.submit(self._load_with_retries, batch, files))
+            finally:
+                if in_flight is not None:
+                    self._finish(*in_flight)
+
+    def _finish(self, batch: Batch, load: Future[BatchResult]) -> None:
+        """Wait for a batch's load, then commit its offsets and record it."""
+        try:
+            result = load.result()
+        finally:
+            batch.discard()
+        self._after_load(batch, result)
 
     def _collect(self, number: int) -> Batch | None:
         consumer = self._require_consumer()
@@ -843,13 +974,7 @@ class Sink:
                 return batch
         return batch
 
-    def _land(self, batch: Batch) -> None:
-        files = batch.close_files()
-        try:
-            result = self._load_with_retries(batch, files)
-        finally:
-            batch.discard()
-
+    def _after_load(self, batch: Batch, result: BatchResult) -> None:
         if self._fail_point == FAIL_POINT_AFTER_WAREHOUSE_COMMIT:
             log.error(
                 "Fault injection %s=%s: exiting with status %d before committing offsets %s",

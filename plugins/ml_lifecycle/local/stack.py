@@ -52,8 +52,9 @@ AIRFLOW_USER = "admin"
 AWS_ACCESS_KEY = "testing"
 AWS_SECRET_KEY = "testing"  # noqa: S105 - a fixed value of the local emulator, not a secret
 # A consumer that left the group blocks the mock broker's next join until its
-# session times out, so the local sink uses a short session.
-SINK_SESSION_TIMEOUT_MS = 3000
+# session times out, so the local sink uses a short session. Below about 6 s
+# the session expired under full CPU load during the whole-file replay.
+SINK_SESSION_TIMEOUT_MS = 6000
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 AIRFLOW_START_TIMEOUT_S = 180.0
 DAG_IDS = (
@@ -113,6 +114,7 @@ class LocalStack:
     :param config_path: lifecycle configuration the services and DAGs use.
     :param with_airflow: also start the Airflow components.
     :param with_sink: also start the Kafka-to-Snowflake sink.
+    :param with_aws: also start the AWS emulator.
     :param api_port: port of the Airflow UI and API; ``None`` picks a free one.
     :param fresh: delete the previous state under ``root`` first.
     """
@@ -121,6 +123,7 @@ class LocalStack:
     config_path: Path = LOCAL_CONFIG
     with_airflow: bool = True
     with_sink: bool = True
+    with_aws: bool = True
     api_port: int | None = None
     fresh: bool = False
     services: dict[str, ServiceProcess] = field(default_factory=dict)
@@ -157,18 +160,20 @@ class LocalStack:
                 "kafka",
                 python_module_command("ml_lifecycle.local.kafka_broker", "--topic", self.config.kafka.topic),
             )
-            self._start_service(
-                "aws",
-                python_module_command(
-                    "ml_lifecycle.local.aws_emulator",
-                    "--state-dir",
-                    str(self.layout.aws_state),
-                    "--serving-dir",
-                    str(PROJECT_ROOT / "include" / "serving"),
-                ),
-            )
+            if self.with_aws:
+                self._start_service(
+                    "aws",
+                    python_module_command(
+                        "ml_lifecycle.local.aws_emulator",
+                        "--state-dir",
+                        str(self.layout.aws_state),
+                        "--serving-dir",
+                        str(PROJECT_ROOT / "include" / "serving"),
+                    ),
+                )
             bootstrap_warehouse(self.connection_env())
-            bootstrap_aws(self.config, self.services["aws"].info["endpoint_url"])
+            if self.with_aws:
+                bootstrap_aws(self.config, self.services["aws"].info["endpoint_url"])
             if self.with_sink:
                 self._start_service(
                     "sink",

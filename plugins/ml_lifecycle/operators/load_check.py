@@ -294,4 +294,11 @@ class PosLoadCheckOperator(LifecycleOperator):
             "commit_pending": sum(report.commit_pending for report in reports),
             "window_rows": sum(window_rows.values()),
             "newest_event": newest_event.isoformat() if newest_event else None,
+            # Events in the log (log_end_offsets, from offset 0) against rows
+            # landed or quarantined: equal exactly when nothing is lost or doubled.
+            "accounted_rows": sum(report.accounted.rows for report in reports),
+            "balanced": all(
+                report.kafka.log_end == report.accounted.rows == report.accounted.distinct_offsets
+                for report in reports
+            ),
         }
