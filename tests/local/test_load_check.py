@@ -324,6 +324,19 @@ class TestValidation:
         assert summary["evaluated_expectations"] == 17
         assert summary["data_docs"].endswith(".html")
 
+    def test_rerun_of_the_same_run_keeps_one_audit_row(self, stack: LocalStack) -> None:
+        for _ in range(2):
+            GreatExpectationsSqlOperator(task_id="validate_pos_lines").execute(
+                task_context(SLICE_WINDOW, run_id="manual__validation_rerun")
+            )
+
+        assert (
+            scalar(
+                "SELECT COUNT(*) FROM LIFECYCLE.AUDIT.VALIDATION_RUNS WHERE DAG_RUN_ID = 'manual__validation_rerun'"
+            )
+            == 1
+        )
+
     def test_empty_window_fails_on_row_count(self, stack: LocalStack) -> None:
         with pytest.raises(ValidationFailed) as failure:
             self.validate({"window_end": "2011-06-06", "weeks": 1})
