@@ -1,10 +1,11 @@
 """pos_load_check and sales_data_validation against the real broker, warehouse emulator and sink.
 
-Each failure kind is produced for real: rows deleted or copied in the
-warehouse, events produced without a sink to land them, a sink killed between
-its warehouse commit and its Kafka commit, a window without data, and events
-around the UK daylight saving changes. The operators run with their real
-hooks; only the Airflow task context is built by hand.
+Each failure kind is produced for real. Rows are deleted or copied in the
+warehouse, events are produced without a sink to land them, and a sink is
+killed between its warehouse commit and its Kafka commit. Other tests use a
+window without data and events around the UK daylight saving changes. The
+operators run with their real hooks; only the Airflow task context is built
+by hand.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def test_clean_load_passes_and_writes_audit_rows(stack: LocalStack) -> None:
     assert all(row["PASSED"] for row in audit)
 
 
-def test_rerun_of_the_same_run_replaces_its_audit_rows(stack: LocalStack) -> None:
+def test_rerun_replaces_audit_rows(stack: LocalStack) -> None:
     check(run_id="manual__rerun")
     check(run_id="manual__rerun")
 
@@ -324,7 +325,7 @@ class TestValidation:
         assert summary["evaluated_expectations"] == 17
         assert summary["data_docs"].endswith(".html")
 
-    def test_rerun_of_the_same_run_keeps_one_audit_row(self, stack: LocalStack) -> None:
+    def test_rerun_keeps_one_audit_row(self, stack: LocalStack) -> None:
         for _ in range(2):
             GreatExpectationsSqlOperator(task_id="validate_pos_lines").execute(
                 task_context(SLICE_WINDOW, run_id="manual__validation_rerun")
