@@ -159,17 +159,31 @@ class FeaturesConfig(_Section):
 
 
 PresetName = Literal["fast", "default", "thorough"]
+# Cross-validation splits that train only on weeks before the ones they validate on.
+TIME_ORDERED_SPLITS = ("rolling_origin",)
 
 
 class TrainingConfig(_Section):
     window_weeks: int = Field(default=13, ge=4, le=104)
     holdout_weeks: int = Field(default=2, ge=1, le=8)
     cv_folds: int = Field(default=3, ge=2, le=10)
+    # Only time-ordered splits are allowed; see forecasting.search.time_ordered_cv.
+    cv_split: str = "rolling_origin"
     preset: PresetName = "default"
     random_state: int = 42
     n_jobs: int = Field(default=2, ge=1)
     baseline_margin: float = Field(default=0.0, ge=0.0, lt=1.0)
     champion_margin: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @field_validator("cv_split")
+    @classmethod
+    def _time_ordered(cls, value: str) -> str:
+        if value not in TIME_ORDERED_SPLITS:
+            raise ValueError(
+                f"cross-validation split {value!r} is not allowed: shuffled and k-fold splits train on weeks "
+                f"after the validation week, which leaks the future; use one of {', '.join(TIME_ORDERED_SPLITS)}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _window_holds_folds(self) -> TrainingConfig:

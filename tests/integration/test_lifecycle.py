@@ -227,6 +227,29 @@ def test_training_registers_a_version_per_window(lifecycle: dict[str, Any], serv
     )
     assert evaluation["gate"]["status"] == first["approval_status"]
     assert len(evaluation["cv_results"]) == 3
+    assert evaluation["features"][:2] == ["LAG_1", "LAG_2"]
+    assert evaluation["window"]["window_end"].startswith("2011-10-31")
+
+
+def test_training_report_with_charts_in_s3(lifecycle: dict[str, Any], services: LocalStack) -> None:
+    import urllib.request
+
+    summary = lifecycle["second.training_summary"]
+    with urllib.request.urlopen(summary["report_url"], timeout=10) as response:
+        report = response.read().decode("utf-8")
+    base = summary["report_url"].rsplit("/", 1)[0]
+    charts = {}
+    for name in ("forecast_vs_actual.png", "wape_by_week.png", "feature_importance.png"):
+        with urllib.request.urlopen(f"{base}/{name}", timeout=10) as response:
+            charts[name] = response.read()
+
+    assert summary["report_uri"].endswith("/20111205-w13-fast/report/report.md")
+    assert "# Demand forecast 20111205-w13-fast" in report
+    assert "| champion |" in report
+    assert "## Cross-validation results" in report
+    assert all(chart.startswith(b"\x89PNG") for chart in charts.values())
+    registry = ModelRegistry("aws_default", services.config.aws.model_package_group)
+    assert registry.describe(summary["model_package_arn"]).properties["report_uri"] == summary["report_uri"]
 
 
 def test_rerunning_training_registers_nothing_new(lifecycle: dict[str, Any], services: LocalStack) -> None:

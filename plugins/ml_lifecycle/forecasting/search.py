@@ -13,12 +13,12 @@ from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegresso
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
+from ml_lifecycle.config import TIME_ORDERED_SPLITS
 from ml_lifecycle.exceptions import ConfigError, NotEnoughData
 from ml_lifecycle.forecasting.dataset import WeeklyDataset
 from ml_lifecycle.forecasting.scoring import ScaledWapeScorer
 
 PRESETS = ("fast", "default", "thorough")
-TIME_ORDERED_SPLITS = ("rolling_origin",)
 
 
 def param_grid(preset: str, random_state: int) -> list[dict[str, list[Any]]]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ml_lifecycle.exceptions import ConfigError, NotEnoughData
 from ml_lifecycle.hooks.warehouse import WarehouseHook, render_sql_file, sql_params
+from ml_lifecycle.links import ModelReportLink
 from ml_lifecycle.operators.base import LifecycleOperator, is_backfill
 from ml_lifecycle.windows import window_ending
 
@@ -173,133 +175,83 @@ class DemandForecastTrainingOperator(LifecycleOperator):
         settings: dict[str, Any],
         dataset: Any,
     ) -> dict[str, Any]:
-        from ml_lifecycle.forecasting.artifact import build_model_archive, forecast_units, model_metadata
-        from ml_lifecycle.forecasting.dataset import (
-            ID_COLUMNS,
-            TARGET_COLUMN,
-            TARGET_SCALE_FEATURE,
-            TARGET_SCALE_OFFSET,
-        )
-        from ml_lifecycle.forecasting.drift import feature_baseline
-        from ml_lifecycle.forecasting.evaluation import (
-            approval_gate,
-            forecast_metrics,
-            last_value_forecast,
-            metrics_table,
-            moving_average_forecast,
-        )
-        from ml_lifecycle.forecasting.search import run_grid_search
+        from ml_lifecycle.forecasting.candidate import TrainingSettings, train_candidate
+        from ml_lifecycle.forecasting.evaluation import approval_gate, forecast_metrics
 
         training = config.training
-        train, holdout = dataset.split_holdout(training.holdout_weeks)
-        result = run_grid_search(
-            train,
-            preset=settings["preset"],
-            cv_folds=training.cv_folds,
-            random_state=training.random_state,
-            n_jobs=training.n_jobs,
-            scale_feature=TARGET_SCALE_FEATURE,
-            scale_offset=TARGET_SCALE_OFFSET,
-        )
-        self.log.info("Grid search took %.1f s; best %s", result.seconds, result.best_params)
-
         # The training key names the version: one window and preset, one version.
         model_version = key
-        metadata = model_metadata(
+        candidate = train_candidate(
+            dataset,
+            TrainingSettings(
+                preset=settings["preset"],
+                holdout_weeks=training.holdout_weeks,
+                cv_folds=training.cv_folds,
+                cv_split=training.cv_split,
+                random_state=training.random_state,
+                n_jobs=training.n_jobs,
+            ),
             model_version=model_version,
-            feature_columns=dataset.feature_columns,
-            id_columns=ID_COLUMNS,
-            target=TARGET_COLUMN,
-            scale_feature=TARGET_SCALE_FEATURE,
-            scale_offset=TARGET_SCALE_OFFSET,
-            extra={
-                "training_key": key,
-                "window_start": str(window.week_starts[0]),
-                "window_end": str(window.local_end.date()),
-            },
         )
-        candidate = forecast_metrics(
-            holdout.target, forecast_units(result.best_estimator, metadata, holdout.features)
+        candidate.metadata.update(
+            training_key=key, window_start=str(window.week_starts[0]), window_end=str(window.local_end.date())
         )
-        moving_average = forecast_metrics(
-            holdout.target, moving_average_forecast(holdout.column("ROLLING_MEAN_4"))
+        self.log.info(
+            "Grid search took %.1f s; best %s", candidate.search.seconds, candidate.search.best_params
         )
-        last_value = forecast_metrics(holdout.target, last_value_forecast(holdout.column("LAG_1")))
 
         champion_version = registry.champion(exclude_training_key=key)
-        champion = None
+        forecasts = dict(candidate.forecasts)
         if champion_version is not None:
-            champion = self.score_champion(registry, champion_version, holdout)
+            forecasts["champion"] = self.champion_forecasts(registry, champion_version, candidate.holdout)
+        metrics = {
+            name: forecast_metrics(candidate.holdout.target, values) for name, values in forecasts.items()
+        }
         decision = approval_gate(
-            candidate,
-            moving_average,
-            champion,
+            metrics["candidate"],
+            metrics["moving_average_4"],
+            metrics.get("champion"),
             baseline_margin=training.baseline_margin,
             champion_margin=training.champion_margin,
         )
         self.log.info("Gate: %s; %s", decision.status, "; ".join(decision.reasons))
 
-        prefix = f"s3://{config.aws.artifact_bucket}/models/{config.aws.model_package_group}/{key}"
-        model_data_url = f"{prefix}/model.tar.gz"
-        evaluation_uri = f"{prefix}/evaluation.json"
-        baseline_uri = f"{prefix}/baseline.json"
-        metrics = metrics_table(
-            {
-                "candidate": candidate,
-                "moving_average_4": moving_average,
-                "last_value": last_value,
-                "champion": champion,
-            }
+        uris = self.publish_artifacts(
+            context=context,
+            config=config,
+            registry=registry,
+            key=key,
+            window=window,
+            settings=settings,
+            candidate=candidate,
+            forecasts=forecasts,
+            metrics=metrics,
+            decision=decision,
+            champion_arn=champion_version.arn if champion_version else None,
         )
-        evaluation = {
-            "model_version": model_version,
-            "training_key": key,
-            "window": window.to_extra(),
-            "holdout_weeks": [str(week) for week in holdout.distinct_weeks],
-            "metrics": metrics,
-            "gate": {"status": decision.status, "reasons": decision.reasons},
-            "champion": champion_version.arn if champion_version else None,
-            "best_params": result.best_params,
-            "cv_results": result.cv_table(),
-            "search_seconds": result.seconds,
-            "rows": {"train": len(train), "holdout": len(holdout)},
-            "reason": settings["reason"],
-        }
-        baseline = {
-            "model_version": model_version,
-            "holdout_wape": candidate.wape,
-            "features": {
-                name: feature_baseline(train.column(name)).to_dict() for name in dataset.feature_columns
-            },
-        }
-        registry.upload_bytes(
-            build_model_archive(result.best_estimator, metadata), model_data_url, "application/gzip"
-        )
-        registry.upload_json(evaluation, evaluation_uri)
-        registry.upload_json(baseline, baseline_uri)
-
         properties = {
             "model_version": model_version,
             "training_key": key,
             "window_start": str(window.week_starts[0]),
             "window_end": str(window.local_end.date()),
-            "holdout_wape": f"{candidate.wape:.6f}",
-            "moving_average_wape": f"{moving_average.wape:.6f}",
-            "champion_wape": f"{champion.wape:.6f}" if champion else "none",
-            "best_model": str(result.best_params.get("model")),
+            "holdout_wape": f"{metrics['candidate'].wape:.6f}",
+            "moving_average_wape": f"{metrics['moving_average_4'].wape:.6f}",
+            "champion_wape": f"{metrics['champion'].wape:.6f}" if "champion" in metrics else "none",
+            "best_model": str(candidate.search.best_params.get("model")),
             "preset": settings["preset"],
             "reason": settings["reason"][:200],
             "deploy_requested": str(bool(settings["deploy"])).lower(),
-            "baseline_uri": baseline_uri,
+            "baseline_uri": uris["baseline"],
+            "report_uri": uris["report"],
             "features": str(len(dataset.feature_columns)),
             "code_version": code_version(),
             "dag_run_id": context["run_id"][:200],
         }
         version = registry.register(
-            model_data_url=model_data_url,
+            model_data_url=uris["model"],
             image=config.aws.image_uri,
             approval_status=decision.status,
-            evaluation_uri=evaluation_uri,
+            evaluation_uri=uris["evaluation"],
             description=f"Weekly demand forecast trained on {window}: {'; '.join(decision.reasons)}",
             properties=properties,
         )
@@ -310,16 +262,19 @@ class DemandForecastTrainingOperator(LifecycleOperator):
             "training_key": key,
             "approval_status": decision.status,
             "gate_reasons": decision.reasons,
-            "holdout_wape": candidate.wape,
-            "baseline_wape": moving_average.wape,
-            "last_value_wape": last_value.wape,
-            "champion_wape": champion.wape if champion else None,
-            "metrics": metrics,
+            "holdout_wape": metrics["candidate"].wape,
+            "baseline_wape": metrics["moving_average_4"].wape,
+            "last_value_wape": metrics["last_value"].wape,
+            "champion_wape": metrics["champion"].wape if "champion" in metrics else None,
+            "metrics": {name: value.to_dict() for name, value in metrics.items()},
             "best_params": {
-                k: (v if isinstance(v, str | int | float) else str(v)) for k, v in result.best_params.items()
+                name: (value if isinstance(value, str | int | float) else str(value))
+                for name, value in candidate.search.best_params.items()
             },
-            "model_data_url": model_data_url,
-            "evaluation_uri": evaluation_uri,
+            "model_data_url": uris["model"],
+            "evaluation_uri": uris["evaluation"],
+            "report_uri": uris["report"],
+            "report_url": uris["report_url"],
             "window_start": str(window.week_starts[0]),
             "window_end": str(window.local_end.date()),
             "deploy": bool(settings["deploy"]) and decision.approved,
@@ -327,24 +282,103 @@ class DemandForecastTrainingOperator(LifecycleOperator):
             "newly_registered": True,
         }
 
-    def score_champion(self, registry: ModelRegistry, champion: ModelVersion, holdout: Any) -> Any:
-        """Score the current champion on the candidate's holdout, through its own archive and handlers."""
-        from ml_lifecycle.forecasting.artifact import forecast_units, read_model_archive
-        from ml_lifecycle.forecasting.evaluation import forecast_metrics
+    def publish_artifacts(
+        self,
+        *,
+        context: Context,
+        config: LifecycleConfig,
+        registry: ModelRegistry,
+        key: str,
+        window: Window,
+        settings: dict[str, Any],
+        candidate: Any,
+        forecasts: dict[str, Any],
+        metrics: dict[str, Any],
+        decision: Any,
+        champion_arn: str | None,
+    ) -> dict[str, str]:
+        """Upload the model archive, evaluation, drift baseline and report; return their locations."""
+        import tempfile
+
+        from ml_lifecycle.aws.s3 import browser_url, upload_directory
+        from ml_lifecycle.forecasting.artifact import build_model_archive
+        from ml_lifecycle.forecasting.drift import feature_baseline
+        from ml_lifecycle.forecasting.report import HoldoutForecasts, permutation_importances, write_report
+
+        bucket, group = config.aws.artifact_bucket, config.aws.model_package_group
+        prefix = f"models/{group}/{key}"
+        uris = {
+            "model": f"s3://{bucket}/{prefix}/model.tar.gz",
+            "evaluation": f"s3://{bucket}/{prefix}/evaluation.json",
+            "baseline": f"s3://{bucket}/{prefix}/baseline.json",
+            "report": f"s3://{bucket}/{prefix}/report/report.md",
+        }
+        holdout = candidate.holdout
+        evaluation = {
+            "model_version": key,
+            "training_key": key,
+            "window": window.to_extra(),
+            "holdout_weeks": [str(week) for week in holdout.distinct_weeks],
+            "metrics": {name: value.to_dict() for name, value in metrics.items()},
+            "gate": {"status": decision.status, "reasons": decision.reasons},
+            "champion": champion_arn,
+            "best_params": candidate.search.best_params,
+            "cv_results": candidate.search.cv_table(),
+            "search_seconds": candidate.search.seconds,
+            "rows": {"train": len(candidate.train), "holdout": len(holdout)},
+            "features": list(holdout.feature_columns),
+            "reason": settings["reason"],
+            "report": uris["report"],
+        }
+        baseline = {
+            "model_version": key,
+            "holdout_wape": metrics["candidate"].wape,
+            "features": {
+                name: feature_baseline(candidate.train.column(name)).to_dict()
+                for name in holdout.feature_columns
+            },
+        }
+        registry.upload_bytes(
+            build_model_archive(candidate.estimator, candidate.metadata), uris["model"], "application/gzip"
+        )
+        registry.upload_json(evaluation, uris["evaluation"])
+        registry.upload_json(baseline, uris["baseline"])
+
+        importances = permutation_importances(
+            candidate.predict_units,
+            holdout.features,
+            holdout.target,
+            holdout.feature_columns,
+            config.training.random_state,
+        )
+        client = registry.s3.get_conn()
+        with tempfile.TemporaryDirectory(prefix="model-report-") as directory:
+            write_report(
+                Path(directory),
+                evaluation=evaluation,
+                holdout=HoldoutForecasts(holdout.weeks, holdout.stock_codes, holdout.target, forecasts),
+                importances=importances,
+            )
+            upload_directory(client, Path(directory), bucket, f"{prefix}/report")
+        uris["report_url"] = browser_url(client, bucket, f"{prefix}/report/report.md")
+        ModelReportLink.persist(context, uris["report_url"])
+        self.log.info("Model report at %s (%s)", uris["report"], uris["report_url"])
+        return uris
+
+    def champion_forecasts(self, registry: ModelRegistry, champion: ModelVersion, holdout: Any) -> Any:
+        """Forecast the candidate's holdout with the current champion, through its own archive and handlers."""
+        from ml_lifecycle.forecasting.artifact import read_model_archive
+        from ml_lifecycle.forecasting.candidate import score_on_holdout
 
         estimator, metadata = read_model_archive(registry.download_bytes(champion.model_data_url))
-        columns = metadata["feature_columns"]
-        if list(columns) != list(holdout.feature_columns):
+        if list(metadata["feature_columns"]) != list(holdout.feature_columns):
             self.log.warning(
                 "Champion %s uses other feature columns than the candidate; it is scored on the columns it knows",
                 champion.arn,
             )
-        indexes = [holdout.feature_columns.index(column) for column in columns]
-        metrics = forecast_metrics(
-            holdout.target, forecast_units(estimator, metadata, holdout.features[:, indexes])
-        )
-        self.log.info("Champion %s scores WAPE %.4f on the holdout", champion.model_version, metrics.wape)
-        return metrics
+        forecasts = score_on_holdout(estimator, metadata, holdout)
+        self.log.info("Champion %s scored on the holdout", champion.model_version)
+        return forecasts
 
     @staticmethod
     def summary_of_existing(version: ModelVersion, settings: dict[str, Any]) -> dict[str, Any]:
