@@ -10,8 +10,10 @@ champion, then registered in the SageMaker model package group as Approved or
 Rejected, with its archive (`model.tar.gz`, SageMaker scikit-learn layout),
 evaluation and drift baseline in S3.
 
-Re-running the same window and preset registers nothing new. Backfill runs
-never deploy.
+Re-running the same window and preset registers nothing new. The DAG also
+runs weekly on its own schedule, so `airflow backfill create` trains one
+version per past week, each on the weeks before it; backfill runs never
+deploy.
 
 **Consumes** `weekly_demand_features`; `forecast_monitoring` also triggers it
 when drift passes the thresholds. **Produces** `demand_model_approved` only for
@@ -24,8 +26,10 @@ another window.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from airflow.providers.standard.operators.python import ShortCircuitOperator
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
 from ml_lifecycle.assets import lifecycle_assets
 from ml_lifecycle.config import load_config
@@ -42,7 +46,15 @@ minimum_weeks = config.training.holdout_weeks + config.training.cv_folds + 2
 
 with DAG(
     dag_id="forecast_training",
-    schedule=[assets.weekly_demand_features],
+    # New features start a run; the weekly time schedule also makes the DAG
+    # backfillable over past weeks (`airflow backfill create`). A week trained
+    # twice is registered once.
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(
+            config.schedule.training_cron, timezone=config.schedule.timezone, interval=dt.timedelta(weeks=1)
+        ),
+        assets=[assets.weekly_demand_features],
+    ),
     params={
         "window_weeks": Param(
             config.training.window_weeks,

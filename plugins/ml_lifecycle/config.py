@@ -45,6 +45,7 @@ class ScheduleConfig(_Section):
     start_date: dt.date
     end_date: dt.date | None = None
     load_check_cron: str = "0 6 * * 1"
+    training_cron: str = "0 8 * * 1"
     owner: str = "ml-platform"
     retries: int = Field(default=2, ge=0, le=10)
     retry_delay_minutes: int = Field(default=5, ge=0, le=240)

@@ -9,10 +9,14 @@ How a run finds its window, first match wins:
 
 1. ``window_end`` (and ``weeks``) given as run parameters, for ad-hoc re-runs.
 2. The asset events that triggered the run: their windows are merged.
-3. The logical date, for scheduled, backfill and manual runs with a logical
-   date. With a trigger timetable the logical date is the end of the data
-   interval. Airflow 3 derives a manual run's data interval from the trigger
-   time, not from the logical date, so the logical date is the reliable input.
+3. The logical date and data interval, for scheduled, backfill and manual
+   runs with a logical date. A scheduled or backfill run of a timetable with
+   an interval has the interval start as its logical date, so the window ends
+   at the interval end: the run on Monday 8 August covers the week that closed
+   that morning. A manual run's logical date is the end of its window. Airflow
+   3 may derive a manual run's interval from the trigger time rather than
+   from the logical date, so an interval that does not touch the logical date
+   is ignored.
 4. The time the run was queued for (``run_after``): the last complete week.
 """
 
@@ -152,8 +156,9 @@ def resolve_window(
     :param params: run parameters; ``window_end`` (a date) and ``weeks`` (an int) are read.
     :param event_extras: ``extra`` of each asset event that triggered the run.
     :param logical_date: the run's logical date, ``None`` for asset-triggered runs.
-    :param data_interval: the run's data interval. It only counts the weeks, and
-        only when it ends at the logical date, as for scheduled and backfill runs.
+    :param data_interval: the run's data interval. It gives the window end when
+        it starts at the logical date (scheduled and backfill runs), and the
+        number of weeks when it starts or ends there.
     :param run_after: when the run was queued for; the fallback for runs without a logical date.
     :raises WindowError: if nothing gives a window or a parameter is invalid.
     """
@@ -172,13 +177,17 @@ def resolve_window(
         return from_events
 
     if logical_date is not None:
+        end: dt.datetime = logical_date
         weeks = requested_weeks or 1
-        if requested_weeks is None and data_interval is not None and data_interval[1] == logical_date:
-            # Seconds, because pendulum intervals cannot be divided by a timedelta.
-            weeks = max(
-                1, round((data_interval[1] - data_interval[0]).total_seconds() / WEEK.total_seconds())
-            )
-        return window_ending(logical_date, weeks, timezone, source="logical date")
+        if data_interval is not None and logical_date in data_interval and data_interval[1] > data_interval[0]:
+            end = data_interval[1]
+            if requested_weeks is None:
+                # Seconds, because pendulum intervals cannot be divided by a timedelta.
+                weeks = max(
+                    1, round((data_interval[1] - data_interval[0]).total_seconds() / WEEK.total_seconds())
+                )
+        source = "logical date" if end == logical_date else "data interval"
+        return window_ending(end, weeks, timezone, source=source)
 
     if run_after is not None:
         return window_ending(run_after, requested_weeks or 1, timezone, source="run_after")

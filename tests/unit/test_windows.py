@@ -147,6 +147,30 @@ class TestResolveWindow:
 
         assert window.week_starts == [dt.date(2011, 11, 21), dt.date(2011, 11, 28)]
 
+    def test_scheduled_run_covers_the_week_its_interval_closes(self) -> None:
+        # An interval timetable's run has the interval start as its logical date.
+        start = london(2011, 10, 31, 8)
+
+        window = resolve_window(
+            timezone=LONDON, logical_date=start, data_interval=(start, start + dt.timedelta(weeks=1))
+        )
+
+        assert window.week_starts == [dt.date(2011, 10, 31)]
+        assert window.source == "data interval"
+
+    def test_scheduled_run_keeps_the_requested_length(self) -> None:
+        start = london(2011, 10, 31, 8)
+
+        window = resolve_window(
+            timezone=LONDON,
+            params={"weeks": 13},
+            logical_date=start,
+            data_interval=(start, start + dt.timedelta(weeks=1)),
+        )
+
+        assert window.weeks == 13
+        assert window.week_starts[-1] == dt.date(2011, 10, 31)
+
     def test_manual_run_interval_from_trigger_time_is_ignored(self) -> None:
         # Airflow 3 derives a manual run's interval from the trigger time.
         window = resolve_window(

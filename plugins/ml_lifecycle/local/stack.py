@@ -189,7 +189,7 @@ class LocalStack:
                     env=self.connection_env(),
                 )
             if self.with_airflow:
-                self._start_airflow()
+                self.start_airflow()
             self.write_env_file()
         except BaseException:
             self.stop()
@@ -229,7 +229,11 @@ class LocalStack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self._api_port}"
 
-    def _start_airflow(self) -> None:
+    def start_airflow(self) -> None:
+        """Start the Airflow components; for stacks started without them, call it after ``start()``."""
+        if "scheduler" in self.services:
+            return
+        self.with_airflow = True
         self._api_port = self.api_port or free_port()
         home = self.layout.airflow_home
         home.mkdir(parents=True, exist_ok=True)
@@ -259,6 +263,7 @@ class LocalStack:
                 component, arguments, env={**self.connection_env(), **self._airflow_env}, wait_ready=False
             )
         self.wait_for_airflow()
+        self.write_env_file()
 
     def airflow_env(self) -> dict[str, str]:
         """Return the Airflow settings of this stack as environment variables."""
