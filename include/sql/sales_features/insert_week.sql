@@ -152,3 +152,10 @@ LEFT JOIN target AS t ON t.STOCK_CODE = h.STOCK_CODE
 LEFT JOIN customers AS c ON c.STOCK_CODE = h.STOCK_CODE
 CROSS JOIN shop AS s
 CROSS JOIN calendar AS cal
+-- A forecast row is not written over a week that already has its target.
+WHERE %(target_known)s OR NOT EXISTS (
+    SELECT 1
+    FROM {{ params.tables.weekly_demand }} AS built
+    WHERE built.WEEK_START = %(week_start)s::DATE
+      AND built.QUANTITY IS NOT NULL
+)

@@ -23,7 +23,8 @@ class SnowflakeWeeklyFeaturesOperator(LifecycleOperator):
     sales before t (see ``include/sql/sales_features/insert_week.sql``). The
     week after the window gets its feature row too, with a NULL target: it is
     the input of the next forecast and is rebuilt with its target once that
-    week is run.
+    week is run. A week already built with its target keeps it, so re-running
+    an earlier week changes no later week.
 
     :param snowflake_conn_id: Airflow connection to Snowflake (templated).
     :param top_n_skus: how many stock codes to keep; defaults to ``features.top_n_skus`` (templated).
@@ -57,6 +58,9 @@ class SnowflakeWeeklyFeaturesOperator(LifecycleOperator):
         for week_start, target_known in weeks:
             bindings = {"week_start": week_start.isoformat(), "top_n": top_n, "target_known": target_known}
             deleted, inserted = warehouse.run_script([delete_week, insert_week], bindings)
+            if not target_known and not deleted and not inserted:
+                self.log.info("Week %s was built with its target before; kept as it is", week_start)
+                continue
             self.log.info(
                 "Week %s: replaced %d rows with %d (%s)",
                 week_start,
@@ -78,13 +82,16 @@ class SnowflakeWeeklyFeaturesOperator(LifecycleOperator):
                 "the 52 weeks before them; check that the window lies inside the landed data"
             )
 
-        training_rows = sum(int(row["ROWS_WRITTEN"]) - int(row["FORECAST_ROWS"]) for row in per_week)
+        window_weeks = set(window.week_starts)
+        training_rows = sum(int(row["ROWS_WRITTEN"]) for row in per_week if row["WEEK_START"] in window_weeks)
         summary = {
             "window": str(window),
             "weeks": [str(week) for week in window.week_starts],
             "forecast_week": forecast_week.isoformat(),
             "rows": training_rows,
-            "forecast_rows": sum(int(row["FORECAST_ROWS"]) for row in per_week),
+            "forecast_rows": sum(
+                int(row["FORECAST_ROWS"]) for row in per_week if row["WEEK_START"] == forecast_week
+            ),
             "skus": max(int(row["SKUS"]) for row in per_week),
             "top_n_skus": top_n,
         }
