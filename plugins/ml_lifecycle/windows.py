@@ -179,7 +179,11 @@ def resolve_window(
     if logical_date is not None:
         end: dt.datetime = logical_date
         weeks = requested_weeks or 1
-        if data_interval is not None and logical_date in data_interval and data_interval[1] > data_interval[0]:
+        if (
+            data_interval is not None
+            and logical_date in data_interval
+            and data_interval[1] > data_interval[0]
+        ):
             end = data_interval[1]
             if requested_weeks is None:
                 # Seconds, because pendulum intervals cannot be divided by a timedelta.
