@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FILE ?=
 
-.PHONY: demo test up down status replay lint bench-sink clean
+.PHONY: demo test up down status replay lint bench-sink bench-training clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}; set PYTHON=/path/to/python3.11"'
@@ -43,6 +43,11 @@ replay: $(STAMP)
 # Prints the sink's throughput against the bare consume rate and its peak memory.
 bench-sink: $(STAMP)
 	$(BIN)/ml-lifecycle bench sink
+
+# Prints each grid preset's training time and peak memory on the full data,
+# and a rolling-origin backtest of the selected model against the moving average.
+bench-training: $(STAMP)
+	$(BIN)/ml-lifecycle bench training
 
 lint: $(STAMP)
 	$(BIN)/ruff check plugins dags tests include

@@ -11,8 +11,8 @@ Rejected, with its archive (`model.tar.gz`, SageMaker scikit-learn layout),
 evaluation and drift baseline in S3.
 
 Re-running the same window and preset registers nothing new. The DAG also
-runs weekly on its own schedule, so `airflow backfill create` trains one
-version per past week, each on the weeks before it; backfill runs never
+runs weekly on its own schedule, which lets `airflow backfill create` train
+one version per past week, each on the weeks before it. Backfill runs never
 deploy.
 
 **Consumes** `weekly_demand_features`; `forecast_monitoring` also triggers it

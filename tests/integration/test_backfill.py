@@ -1,9 +1,9 @@
 """`airflow backfill create` of forecast_training through a running scheduler.
 
 The stack runs the real Airflow components. Features for July to November
-2011 are built first, then eight past weekly runs are backfilled: each must
-give one model version keyed by the week its run closes, trained only on the
-weeks before it, and none may be deployed. Backfilling a week again registers
+2011 are built first, then eight past weekly runs are backfilled. Each must
+give one model version, keyed by the week its run closes and trained only on
+the weeks before it; none may be deployed. Backfilling a week again registers
 nothing new.
 """
 

@@ -142,7 +142,7 @@ def table_rows(where: str = "TRUE") -> list[tuple[Any, ...]]:
 
 def _comparable(value: Any) -> Any:
     # Float sums may differ in the last bit when the engine adds in another
-    # order; twelve significant digits are far below any feature's meaning.
+    # order; twelve significant digits keep every difference that matters.
     if isinstance(value, float) and math.isfinite(value):
         return float(f"{value:.12g}")
     return value
@@ -166,7 +166,7 @@ def lag_1(week: dt.date) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def landed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The most sold products of the whole year, plus the boundary events, landed by the sink."""
+    """The best-selling products of the whole year, plus the boundary events, landed by the sink."""
     root = tmp_path_factory.mktemp("features")
     stack = LocalStack(root=root, config_path=TEST_CONFIG, with_airflow=False, with_aws=False)
     saved = dict(os.environ)
@@ -219,7 +219,7 @@ def landed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         ),
     ],
 )
-def test_weeks_follow_london_time_across_a_clock_change(
+def test_weeks_cut_in_london_time(
     landed: dict[str, Any], interval: tuple[dt.datetime, dt.datetime], week: dt.date
 ) -> None:
     # Each scheduled interval runs from Monday 08:00 to Monday 08:00 London
@@ -243,7 +243,7 @@ def test_weeks_follow_london_time_across_a_clock_change(
     assert following[code] >= 4_000
 
 
-def test_running_a_week_again_leaves_an_identical_table(landed: dict[str, Any]) -> None:
+def test_rebuilt_week_is_identical(landed: dict[str, Any]) -> None:
     first = build_window("2011-09-19", 3)
     before = table_rows()
 
@@ -260,7 +260,7 @@ def test_running_a_week_again_leaves_an_identical_table(landed: dict[str, Any]) 
     assert None not in quantities(dt.date(2011, 9, 5)).values()
 
 
-def test_features_of_a_week_use_only_sales_before_it(landed: dict[str, Any]) -> None:
+def test_features_ignore_later_sales(landed: dict[str, Any]) -> None:
     cutoff = dt.date(2011, 11, 14)
     build_window("2011-11-21", 3)
     earlier_before = table_rows(f"WEEK_START < '{cutoff}'")
@@ -307,5 +307,5 @@ def test_features_of_a_week_use_only_sales_before_it(landed: dict[str, Any]) -> 
     cutoff_quantities = quantities(cutoff)
     assert "99999" not in cutoff_quantities
     assert cutoff_quantities[other] == 0
-    # The week after the cutoff sees the new product: the change was visible.
+    # The week after the cutoff ranks the new product: the change was visible.
     assert "99999" in quantities(cutoff + dt.timedelta(weeks=1))

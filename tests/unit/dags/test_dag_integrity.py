@@ -140,6 +140,17 @@ def test_load_check_runs_weekly_in_london(dags: dict[str, Any]) -> None:
     assert str(timetable.timezone) == "Europe/London"
 
 
+def test_training_runs_weekly_for_backfills(dags: dict[str, Any]) -> None:
+    dag = dags["forecast_training"]
+    timetable = dag.timetable.timetable
+
+    assert timetable.expression == "0 8 * * 1"
+    assert str(timetable.timezone) == "Europe/London"
+    # Each run's data interval is the week before it, the week it trains up to.
+    assert timetable.interval == dt.timedelta(weeks=1)
+    assert dag.catchup is False
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [

@@ -1,14 +1,12 @@
-"""Benchmarks that print figures measured in one run on this machine.
+"""Sink benchmark: the retail file replayed through the broker while the sink runs.
 
-``sink``: replays the retail file through the broker while the sink runs, and
-reports the events per second from the start of the replay to the last landed
-row, the bare consume rate of the same broker, their ratio, and the sink's
-peak memory for the whole file and for a quarter of it.
+It reports the events per second from the start of the replay to the last
+landed row, the bare consume rate of the same broker, their ratio, and the
+sink's peak memory for the whole file and for a quarter of it.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import itertools
@@ -23,7 +21,7 @@ from typing import Any
 from ml_lifecycle.local.process import python_module_command, start_service
 from ml_lifecycle.local.stack import LOCAL_CONFIG, SINK_SESSION_TIMEOUT_MS, LocalStack
 
-log = logging.getLogger("ml_lifecycle.benchmarks")
+log = logging.getLogger("ml_lifecycle.benchmarks.sink")
 
 
 def bare_consume_rate(bootstrap_servers: str, topic: str, expected: int, timeout_s: float = 120.0) -> float:
@@ -146,40 +144,3 @@ def bench_sink(source: Path, batch_max_events: int) -> dict[str, Any]:
         "quarter_file": quarter,
         "peak_rss_ratio_whole_to_quarter": round(whole["sink_peak_rss_mb"] / quarter["sink_peak_rss_mb"], 2),
     }
-
-
-def print_table(title: str, figures: dict[str, Any]) -> None:
-    print(title)
-    for key, value in figures.items():
-        if isinstance(value, dict):
-            for inner, figure in value.items():
-                print(f"  {key}.{inner:<36} {figure}")
-        else:
-            print(f"  {key:<45} {value}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    from ml_lifecycle.local.replay import default_retail_csv
-
-    parser = argparse.ArgumentParser(prog="ml-lifecycle bench", description=__doc__.split("\n\n", 1)[0])
-    commands = parser.add_subparsers(dest="benchmark", required=True)
-    sink = commands.add_parser(
-        "sink", help="replay to landed rows against the bare consume rate, and sink memory"
-    )
-    sink.add_argument(
-        "--data", type=Path, default=None, help="sales CSV (default: the UCI Online Retail file)"
-    )
-    sink.add_argument("--batch-max-events", type=int, default=50_000, help="sink batch size in events")
-    sink.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    figures = bench_sink(args.data or default_retail_csv(), args.batch_max_events)
-    print_table(f"Sink benchmark on {os.cpu_count()} CPUs", figures)
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
