@@ -33,7 +33,24 @@ def _status(args: argparse.Namespace) -> int:
     if not state_file.exists():
         print(f"No stack is recorded in {args.root}")
         return 1
-    print(json.dumps(json.loads(state_file.read_text(encoding="utf-8")), indent=2))
+    import os
+
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    dead = []
+    for name, service in state.get("services", {}).items():
+        try:
+            os.killpg(int(service["pgid"]), 0)
+            service["running"] = True
+        except PermissionError:
+            # The group exists but belongs to another user.
+            service["running"] = True
+        except (ProcessLookupError, KeyError, ValueError):
+            service["running"] = False
+            dead.append(name)
+    print(json.dumps(state, indent=2))
+    if dead:
+        print(f"Not running: {', '.join(dead)}; restart with make down && make up")
+        return 1
     return 0
 
 

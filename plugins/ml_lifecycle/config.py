@@ -50,6 +50,15 @@ class ScheduleConfig(_Section):
     retries: int = Field(default=2, ge=0, le=10)
     retry_delay_minutes: int = Field(default=5, ge=0, le=240)
 
+    @field_validator("load_check_cron", "training_cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression; expected five fields such as '0 8 * * 1'")
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:

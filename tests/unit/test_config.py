@@ -49,6 +49,8 @@ def write(tmp_path: Path, text: str) -> Path:
         ("features:\n  product_code_pattern: '[0-9'\n", "invalid regular expression"),
         ("schedule:\n  end_date: '2010-01-01'\n", "must be after start_date"),
         ("monitoring:\n  wape_ratio_threshold: 0.5\n", "monitoring.wape_ratio_threshold"),
+        ("schedule:\n  training_cron: every monday\n", "'every monday' is not a cron expression"),
+        ("schedule:\n  load_check_cron: '0 6 * *'\n", "schedule.load_check_cron"),
     ],
 )
 def test_invalid_values_named(tmp_path: Path, text: str, message: str) -> None:

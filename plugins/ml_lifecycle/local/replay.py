@@ -169,9 +169,13 @@ def check_header(path: Path, header: list[str] | None) -> None:
     unexpected = [name for name in header if name not in EVENT_FIELDS]
     duplicated = sorted(name for name, count in Counter(header).items() if count > 1)
     if missing or unexpected or duplicated:
+        problems = [
+            f"{label} columns {names}"
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("duplicated", duplicated))
+            if names
+        ]
         raise CsvFormatError(
-            f"{path} has an unexpected header: missing columns {missing}, unexpected columns {unexpected}, "
-            f"duplicated columns {duplicated}; expected exactly {','.join(EVENT_FIELDS)}"
+            f"{path} has an unexpected header: {', '.join(problems)}; expected exactly {','.join(EVENT_FIELDS)}"
         )
 
 

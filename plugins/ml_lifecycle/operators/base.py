@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 BACKFILL_RUN_TYPES = frozenset({"backfill"})
 
 
-def _run_type(context: Context) -> str:
+def run_type_of(context: Context) -> str:
+    """Return the run's type as its plain value, such as ``scheduled`` or ``asset_triggered``."""
     dag_run = context.get("dag_run")
     run_type = getattr(dag_run, "run_type", None)
     return str(getattr(run_type, "value", run_type) or "unknown")
@@ -33,7 +34,7 @@ def triggering_extras(context: Context) -> list[Mapping[str, Any]]:
 
 def is_backfill(context: Context) -> bool:
     """Tell whether this run is a backfill, or was triggered by events of a backfill run."""
-    if _run_type(context) in BACKFILL_RUN_TYPES:
+    if run_type_of(context) in BACKFILL_RUN_TYPES:
         return True
     return any(extra.get("backfill") for extra in triggering_extras(context))
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ml_lifecycle.exceptions import ConfigError, NotEnoughData
 from ml_lifecycle.hooks.warehouse import WarehouseHook, render_sql_file, sql_params
 from ml_lifecycle.links import ModelReportLink
-from ml_lifecycle.operators.base import LifecycleOperator, is_backfill
+from ml_lifecycle.operators.base import LifecycleOperator, is_backfill, run_type_of
 from ml_lifecycle.windows import window_ending
 
 if TYPE_CHECKING:
@@ -21,6 +21,18 @@ if TYPE_CHECKING:
 
 SQL_DIR = "forecast_training"
 TRAINING_PARAM_NAMES = ("window_weeks", "preset", "deploy", "reason")
+
+
+def default_reason(context: Context) -> str:
+    """Say why a run without an explicit ``reason`` trains: backfill, new features, schedule or by hand."""
+    if is_backfill(context):
+        return "backfill"
+    run_type = run_type_of(context)
+    if run_type == "asset_triggered":
+        return "new features"
+    if run_type == "scheduled":
+        return "scheduled weekly retraining"
+    return "manual run"
 
 
 def training_key(window: Window, preset: str) -> str:
@@ -103,7 +115,7 @@ class DemandForecastTrainingOperator(LifecycleOperator):
             self.log.info("Backfill run: the version is registered but never deployed")
             settings["deploy"] = False
         if not settings["reason"]:
-            settings["reason"] = "backfill" if is_backfill(context) else "scheduled weekly retraining"
+            settings["reason"] = default_reason(context)
         return settings
 
     def execute(self, context: Context) -> dict[str, Any]:
