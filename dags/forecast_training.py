@@ -46,9 +46,8 @@ minimum_weeks = config.training.holdout_weeks + config.training.cv_folds + 2
 
 with DAG(
     dag_id="forecast_training",
-    # New features start a run; the weekly time schedule also makes the DAG
-    # backfillable over past weeks (`airflow backfill create`). A week trained
-    # twice is registered once.
+    # New features start a run. The weekly time schedule also lets `airflow
+    # backfill create` walk past weeks, and a week trained twice is registered once.
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable(
             config.schedule.training_cron, timezone=config.schedule.timezone, interval=dt.timedelta(weeks=1)

@@ -14,10 +14,8 @@ import json
 import os
 import subprocess
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,6 +23,7 @@ import pytest
 from ml_lifecycle.aws.registry import ModelRegistry
 from ml_lifecycle.local.replay import producer_config, replay_file
 from ml_lifecycle.local.stack import AIRFLOW_USER, AirflowClient, LocalStack, airflow_executable
+from ml_lifecycle.local.task_context import manual_task_context
 
 from .conftest import SINK_TIMEOUT_S, TEST_CONFIG
 
@@ -44,14 +43,7 @@ def build_features(params: dict[str, Any]) -> dict[str, Any]:
     """Run the features operator outside Airflow, so no asset event starts other DAGs."""
     from ml_lifecycle.operators.features import SnowflakeWeeklyFeaturesOperator
 
-    context = {
-        "params": params,
-        "run_id": "manual__features_for_backfill",
-        "dag_run": SimpleNamespace(run_type="manual", run_after=None, conf={}),
-        "triggering_asset_events": {},
-        "outlet_events": defaultdict(lambda: SimpleNamespace(extra={})),
-        "logical_date": None,
-    }
+    context = manual_task_context(params, run_id="manual__features_for_backfill")
     return SnowflakeWeeklyFeaturesOperator(task_id="build_weekly_features").execute(context)
 
 
@@ -132,13 +124,13 @@ def test_backfill_runs_one_per_week(backfilled: dict[str, Any]) -> None:
     assert sorted(run["run_after"][:10] for run in runs) == [str(week) for week in BACKFILL_WEEKS]
 
 
-def test_one_version_per_week_keyed_by_its_week(backfilled: dict[str, Any]) -> None:
+def test_versions_keyed_by_week(backfilled: dict[str, Any]) -> None:
     versions = {version.training_key: version for version in backfilled["versions"]}
 
     assert set(versions) == {f"{week:%Y%m%d}-w13-fast" for week in BACKFILL_WEEKS}
 
 
-def test_each_version_trained_only_before_its_week(backfilled: dict[str, Any]) -> None:
+def test_versions_trained_before_week(backfilled: dict[str, Any]) -> None:
     registry = backfilled["registry"]
     for version in backfilled["versions"]:
         window_end = dt.date.fromisoformat(version.properties["window_end"])
@@ -160,7 +152,7 @@ def test_backfill_never_deploys(backfilled: dict[str, Any]) -> None:
         assert version.properties["reason"] == "backfill"
 
 
-def test_rerun_of_a_week_registers_nothing_new(backfilled: dict[str, Any]) -> None:
+def test_week_rerun_registers_nothing(backfilled: dict[str, Any]) -> None:
     before = {run["dag_run_id"]: run for run in backfilled["runs"]}
     rerun = {run["dag_run_id"]: run for run in backfilled["rerun"]}
     first_week = next(run_id for run_id, run in before.items() if run["run_after"].startswith(BACKFILL_FROM))
@@ -172,7 +164,7 @@ def test_rerun_of_a_week_registers_nothing_new(backfilled: dict[str, Any]) -> No
     assert len(backfilled["versions_after_rerun"]) == len(backfilled["versions"])
 
 
-def test_features_built_for_the_backfill(backfilled: dict[str, Any]) -> None:
+def test_backfill_features_built(backfilled: dict[str, Any]) -> None:
     features = backfilled["features"]
 
     assert features["weeks"][0] == "2011-07-04"

@@ -13,7 +13,7 @@ import csv
 import datetime as dt
 import math
 import os
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,6 +25,7 @@ from ml_lifecycle.hooks.warehouse import WarehouseHook
 from ml_lifecycle.ingest.events import EVENT_FIELDS
 from ml_lifecycle.local.replay import default_retail_csv, producer_config, replay_file
 from ml_lifecycle.local.stack import LocalStack
+from ml_lifecycle.local.task_context import manual_task_context
 
 from .conftest import SINK_TIMEOUT_S, TEST_CONFIG, write_retail_slice
 
@@ -76,7 +77,7 @@ def week_of(invoice_date: str) -> dt.date:
 
 
 def weekly_demand(lines: list[dict[str, Any]]) -> dict[tuple[str, dt.date], int]:
-    """Units sold per product and week, net of returns, never below zero."""
+    """Return the units sold per product and week, net of returns and never below zero."""
     net: Counter[tuple[str, dt.date]] = Counter()
     for line in lines:
         net[line["StockCode"], week_of(line["InvoiceDate"])] += int(line["Quantity"])
@@ -84,7 +85,7 @@ def weekly_demand(lines: list[dict[str, Any]]) -> dict[tuple[str, dt.date], int]
 
 
 def top_products(demand: dict[tuple[str, dt.date], int], week: dt.date) -> set[str]:
-    """The products with the most units sold in the 52 weeks before ``week``, ties by code."""
+    """Return the products with the most units sold in the 52 weeks before ``week``, ties broken by code."""
     totals: Counter[str] = Counter()
     for (code, line_week), sold in demand.items():
         if week - dt.timedelta(weeks=52) <= line_week < week:
@@ -96,14 +97,7 @@ def top_products(demand: dict[tuple[str, dt.date], int], week: dt.date) -> set[s
 def build(context: dict[str, Any]) -> dict[str, Any]:
     from ml_lifecycle.operators.features import SnowflakeWeeklyFeaturesOperator
 
-    base = {
-        "params": {},
-        "run_id": "manual__features_test",
-        "dag_run": SimpleNamespace(run_type="manual", run_after=None, conf={}),
-        "triggering_asset_events": {},
-        "outlet_events": defaultdict(lambda: SimpleNamespace(extra={})),
-        "logical_date": None,
-    }
+    base = manual_task_context(run_id="manual__features_test")
     return SnowflakeWeeklyFeaturesOperator(task_id="build_weekly_features").execute({**base, **context})
 
 
@@ -174,7 +168,7 @@ def lag_1(week: dt.date) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def landed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The best-selling products of the whole year, plus the boundary events, landed by the sink."""
+    """Land the best-selling products of the whole year and the boundary events through the sink."""
     root = tmp_path_factory.mktemp("features")
     stack = LocalStack(root=root, config_path=TEST_CONFIG, with_airflow=False, with_aws=False)
     saved = dict(os.environ)
@@ -301,8 +295,8 @@ def test_features_ignore_later_sales(landed: dict[str, Any]) -> None:
     earlier_after = table_rows(f"WEEK_START < '{cutoff}'")
     cutoff_after = table_rows(f"WEEK_START = '{cutoff}'")
 
-    # Weeks before the cutoff do not move at all; the cutoff week keeps its
-    # features and only its target, the week's own sales, changes.
+    # Weeks before the cutoff do not move at all. The cutoff week keeps its
+    # features, and only its target (the week's own sales) changes.
     assert differences(earlier_before, earlier_after) == []
     assert differences(cutoff_before, cutoff_after, ignore=("QUANTITY",)) == []
     assert differences(cutoff_before, cutoff_after) != []

@@ -15,7 +15,6 @@ import gzip
 import itertools
 import json
 import os
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,9 +24,11 @@ import pytest
 
 from ml_lifecycle.exceptions import LoadCheckFailed, LoadCheckLagging, ValidationFailed
 from ml_lifecycle.hooks.warehouse import WarehouseHook
+from ml_lifecycle.ingest.events import EVENT_FIELDS
 from ml_lifecycle.local.process import python_module_command, start_service
 from ml_lifecycle.local.replay import default_retail_csv, producer_config, replay_file
 from ml_lifecycle.local.stack import LocalStack
+from ml_lifecycle.local.task_context import manual_task_context
 from ml_lifecycle.operators.load_check import PosLoadCheckOperator
 from ml_lifecycle.operators.validation import GreatExpectationsSqlOperator
 
@@ -53,16 +54,12 @@ class RecordingTaskInstance:
 
 def task_context(params: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
     """Build the Airflow context the operators read: parameters, run id, outlet events."""
-    return {
-        "params": params,
-        "run_id": run_id or f"manual__test_{next(_runs)}",
-        "dag_run": SimpleNamespace(run_type="manual", run_after=None, conf={}),
-        "dag": SimpleNamespace(dag_id="test_dag"),
-        "ti": RecordingTaskInstance(),
-        "triggering_asset_events": {},
-        "outlet_events": defaultdict(lambda: SimpleNamespace(extra={})),
-        "logical_date": None,
-    }
+    return manual_task_context(
+        params,
+        run_id=run_id or f"manual__test_{next(_runs)}",
+        dag=SimpleNamespace(dag_id="test_dag"),
+        ti=RecordingTaskInstance(),
+    )
 
 
 def warehouse() -> WarehouseHook:
@@ -399,18 +396,7 @@ def test_daylight_saving_weeks_cut_at_local_midnight(stack: LocalStack, tmp_path
     path = tmp_path / "dst.csv"
     with path.open("w", encoding="utf-8", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(
-            [
-                "InvoiceNo",
-                "StockCode",
-                "Description",
-                "Quantity",
-                "InvoiceDate",
-                "UnitPrice",
-                "CustomerID",
-                "Country",
-            ]
-        )
+        writer.writerow(EVENT_FIELDS)
         for index, time in enumerate(times):
             writer.writerow(
                 [f"7{index:05d}", "22197", "SMALL POPCORN HOLDER", "1", time, "0.85", "", "United Kingdom"]

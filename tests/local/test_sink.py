@@ -25,6 +25,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME, Me
 from ml_lifecycle.config import parse_config
 from ml_lifecycle.ingest.events import (
     DEFAULT_MAX_EVENT_BYTES,
+    EVENT_FIELDS,
     QuarantineReason,
     csv_row_to_event,
     serialize_event,
@@ -109,20 +110,8 @@ def csv_values(row: dict[str, str]) -> tuple[Any, ...]:
     )
 
 
-CONTENT_FIELDS = (
-    "InvoiceNo",
-    "StockCode",
-    "Description",
-    "Quantity",
-    "InvoiceDate",
-    "UnitPrice",
-    "CustomerID",
-    "Country",
-)
-
-
 def content_values(content: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(content[name] for name in CONTENT_FIELDS)
+    return tuple(content[name] for name in EVENT_FIELDS)
 
 
 @dataclass

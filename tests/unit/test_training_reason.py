@@ -28,5 +28,5 @@ def test_reason_follows_run_type(run_type: str, reason: str) -> None:
     assert default_reason(context(run_type)) == reason
 
 
-def test_features_of_a_backfill_say_backfill() -> None:
+def test_backfill_features_give_backfill() -> None:
     assert default_reason(context("asset_triggered", backfill_event=True)) == "backfill"

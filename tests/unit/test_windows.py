@@ -147,7 +147,7 @@ class TestResolveWindow:
 
         assert window.week_starts == [dt.date(2011, 11, 21), dt.date(2011, 11, 28)]
 
-    def test_scheduled_run_covers_the_week_its_interval_closes(self) -> None:
+    def test_scheduled_run_ends_at_interval_end(self) -> None:
         # An interval timetable's run has the interval start as its logical date.
         start = london(2011, 10, 31, 8)
 
@@ -158,7 +158,7 @@ class TestResolveWindow:
         assert window.week_starts == [dt.date(2011, 10, 31)]
         assert window.source == "data interval"
 
-    def test_scheduled_run_keeps_the_requested_length(self) -> None:
+    def test_scheduled_run_keeps_requested_weeks(self) -> None:
         start = london(2011, 10, 31, 8)
 
         window = resolve_window(

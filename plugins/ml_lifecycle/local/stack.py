@@ -230,7 +230,7 @@ class LocalStack:
         return f"http://127.0.0.1:{self._api_port}"
 
     def start_airflow(self) -> None:
-        """Start the Airflow components; for stacks started without them, call it after ``start()``."""
+        """Start the Airflow components. A stack started without them calls this after ``start()``."""
         if "scheduler" in self.services:
             return
         self.with_airflow = True

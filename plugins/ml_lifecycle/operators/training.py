@@ -24,7 +24,7 @@ TRAINING_PARAM_NAMES = ("window_weeks", "preset", "deploy", "reason")
 
 
 def default_reason(context: Context) -> str:
-    """Say why a run without an explicit ``reason`` trains: backfill, new features, schedule or by hand."""
+    """Return the reason of a run given none: backfill, new features, schedule or a manual run."""
     if is_backfill(context):
         return "backfill"
     run_type = run_type_of(context)

@@ -66,14 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         figures = bench_sink(data, args.batch_max_events)
         title = f"Sink benchmark on {os.cpu_count()} CPUs"
     else:
-        from ml_lifecycle.local.benchmarks.training import PRESETS, bench_training
+        from ml_lifecycle.local.benchmarks.training import bench_training, check_options
 
         presets = [preset.strip() for preset in args.presets.split(",") if preset.strip()]
-        unknown = sorted(set(presets) - set(PRESETS))
-        if unknown or not presets:
-            parser.error(f"invalid --presets {args.presets!r}: expected some of {', '.join(PRESETS)}")
-        if args.origins < 1:
-            parser.error(f"invalid --origins {args.origins}: expected a positive whole number")
+        try:
+            check_options(presets, args.origins, args.backtest_preset)
+        except ValueError as err:
+            parser.error(str(err))
         figures = bench_training(
             data,
             presets=presets,

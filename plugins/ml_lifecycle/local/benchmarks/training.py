@@ -26,9 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -61,14 +59,15 @@ def training_settings(config: LifecycleConfig, preset: str) -> TrainingSettings:
 
 
 def peak_rss_mb(scope: int = resource.RUSAGE_SELF) -> float:
-    """Peak resident memory in MB of this process, or of its largest finished child."""
+    """Return the peak resident memory in MB of this process, or of its largest finished child."""
     return round(resource.getrusage(scope).ru_maxrss / 1024, 1)
 
 
 def land_and_build_features(data: Path, root: Path, weeks: int) -> tuple[WeeklyDataset, dict[str, Any]]:
-    """Land ``data`` through Kafka, build ``weeks`` weeks of features up to the last complete week, read them."""
+    """Land ``data`` through Kafka, build ``weeks`` weeks of features up to the last complete week and read them."""
     from ml_lifecycle.hooks.warehouse import WarehouseHook, render_sql_file, sql_params
     from ml_lifecycle.local.replay import producer_config, replay_file
+    from ml_lifecycle.local.task_context import manual_task_context
     from ml_lifecycle.operators.features import SnowflakeWeeklyFeaturesOperator
 
     stack = LocalStack(root=root, config_path=LOCAL_CONFIG, with_airflow=False, with_aws=False)
@@ -87,14 +86,9 @@ def land_and_build_features(data: Path, root: Path, weeks: int) -> tuple[WeeklyD
         last_sale = as_date(newest["LAST_SALE"])
         window_end = last_sale - dt.timedelta(days=last_sale.weekday())
         started = time.perf_counter()
-        context: dict[str, Any] = {
-            "params": {"window_end": window_end.isoformat(), "weeks": weeks},
-            "run_id": "manual__training_benchmark",
-            "dag_run": SimpleNamespace(run_type="manual", run_after=None, conf={}),
-            "triggering_asset_events": {},
-            "outlet_events": defaultdict(lambda: SimpleNamespace(extra={})),
-            "logical_date": None,
-        }
+        context = manual_task_context(
+            {"window_end": window_end.isoformat(), "weeks": weeks}, run_id="manual__training_benchmark"
+        )
         features = SnowflakeWeeklyFeaturesOperator(task_id="build_weekly_features").execute(context)  # type: ignore[arg-type]
         feature_seconds = time.perf_counter() - started
         rows = warehouse.fetch_dicts(
@@ -229,6 +223,20 @@ def backtest(
     }
 
 
+def check_options(presets: list[str], origins: int, backtest_preset: str | None) -> None:
+    """Reject benchmark options that would fail only after minutes of work.
+
+    :raises ValueError: naming the invalid value and the accepted ones.
+    """
+    unknown = sorted(set(presets) - set(PRESETS))
+    if unknown or not presets:
+        raise ValueError(f"invalid presets {unknown or presets!r}: expected some of {', '.join(PRESETS)}")
+    if backtest_preset is not None and backtest_preset not in PRESETS:
+        raise ValueError(f"invalid backtest preset {backtest_preset!r}: expected one of {', '.join(PRESETS)}")
+    if origins < 1:
+        raise ValueError(f"invalid origins {origins!r}: expected a positive whole number")
+
+
 def bench_training(
     data: Path,
     *,
@@ -237,12 +245,8 @@ def bench_training(
     backtest_preset: str | None = None,
     window_weeks: int | None = None,
 ) -> dict[str, Any]:
-    """Land the data, build features, time each preset and run the backtest; return the figures."""
-    unknown = sorted(set(presets) - set(PRESETS))
-    if unknown or not presets:
-        raise ValueError(f"unknown presets {unknown or presets!r}: expected some of {', '.join(PRESETS)}")
-    if origins < 1:
-        raise ValueError(f"invalid origins {origins!r}: expected a positive whole number")
+    """Land the data, build features, time each preset and run the backtest, and return the figures."""
+    check_options(presets, origins, backtest_preset)
 
     config = parse_config(LOCAL_CONFIG)
     window_weeks = window_weeks or config.training.window_weeks
@@ -272,7 +276,7 @@ def bench_training(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the child process that trains one preset."""
+    """Run one preset as the child process of the training benchmark."""
     parser = argparse.ArgumentParser(description="train one preset for the training benchmark")
     parser.add_argument("--preset-child", required=True, choices=PRESETS)
     parser.add_argument("--dataset", type=Path, required=True)
